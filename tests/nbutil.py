@@ -1,0 +1,16 @@
+"Execute a tutorial notebook from nbs/ in a fresh kernel, as the tests do."
+import os
+from pathlib import Path
+import nbformat
+from nbclient import NotebookClient
+
+NBS = Path(__file__).resolve().parent.parent/'nbs'
+
+
+def run_notebook(name, timeout=300):
+    "Run every cell of `nbs/name` (working directory nbs/); raises with the failing cell's error."
+    path = NBS/name
+    nb = nbformat.read(path, as_version=4)
+    os.environ.setdefault('MPLBACKEND', 'Agg')
+    NotebookClient(nb, timeout=timeout, kernel_name='python3', resources={'metadata': {'path': str(NBS)}}).execute()
+    return nb
