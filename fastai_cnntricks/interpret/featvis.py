@@ -1,0 +1,166 @@
+"""Feature visualization, idea 4 of 4: the optimization loop -- `learn.maximize_unit` (several units in one batch)
+and `learn.top_activating` (the validation images that excite a unit most)."""
+from __future__ import annotations
+
+import torch
+from fastai.learner import Learner
+from fastcore.basics import patch
+from fastprogress.fastprogress import progress_bar
+import matplotlib.pyplot as plt
+
+from ..core import CnnTricksError, check_choice, check_positive, get_layer, layer_name, model_device, preserve_model
+from .featvis_objectives import Objective, channel, neuron, logit, OUTPUT, diversity as diversity_objective
+from .featvis_param import image_param
+from .featvis_transforms import get_transforms
+from .inputs import _stats, model_in_channels, to_display
+from .layers import capture, StopForward, as_maps
+from .plots import finish, to_hwc
+
+__all__ = ['run_objective', 'render']
+
+
+def run_objective(model, objective: Objective, x: torch.Tensor) -> dict:
+    "Forward `x`, stopping as soon as the objective's layers are captured; -> dict name -> (B, C, H, W) maps."
+    layers = [l for l in objective.layers if l != OUTPUT]
+    need_out = OUTPUT in objective.layers
+    with capture(model, layers, stop=not need_out) as acts:
+        out = None
+        try: out = model(x)
+        except StopForward: pass
+        maps = {k: as_maps(model, v) for k, v in acts.items()}
+    if need_out: maps[OUTPUT] = out
+    return maps
+
+
+def render(model, objective: Objective, n: int, size=128, steps=256, param='fft', decorrelate=True,
+           transforms='standard', lr=0.05, stats=None, seed=None, progress=True) -> torch.Tensor:
+    """Optimize `n` images (one batch) to maximize `objective` on `model`; -> images (n, 3, H, W) in [0, 1].
+    The caller keeps the model as found (`preserve_model`); here it is put in eval mode with frozen weights so
+    no weight gradient is ever computed."""
+    device = model_device(model)
+    gen = torch.Generator().manual_seed(seed) if seed is not None else None
+    params, image = image_param(n, size, param, decorrelate, generator=gen, device=device)
+    tfm = get_transforms(transforms)
+    model.eval()
+    for p in model.parameters(): p.requires_grad_(False)
+    opt = torch.optim.Adam(params, lr=lr)
+    for _ in (progress_bar(range(steps), leave=False) if progress else range(steps)):
+        x = tfm(image(), generator=gen)
+        if stats is not None: x = (x - stats[0]) / stats[1]
+        loss = -objective(run_objective(model, objective, x)).sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    with torch.no_grad(): return image().detach().cpu()
+
+
+def _units(unit):
+    units = list(unit) if isinstance(unit, (list, tuple, range, torch.Tensor)) else [unit]
+    if not units: raise CnnTricksError("unit is empty; pass a channel index or a list of them")
+    if not all(isinstance(u, int) or (isinstance(u, torch.Tensor) and u.dim() == 0) for u in units):
+        raise CnnTricksError(f"unit={unit!r} is not valid; pass an int channel index or a list of ints")
+    return [int(u) for u in units]
+
+
+def _check_units(model, name, units, size, stats):
+    "Dry pass: every unit must exist at `name` (or in the output for logits)."
+    with torch.no_grad():
+        x = torch.full((1, model_in_channels(model), size, size), 0.5, device=model_device(model))
+        if stats is not None: x = (x - stats[0]) / stats[1]
+        maps = run_objective(model, Objective(None, [name]), x)
+    n = maps[name].shape[1]
+    bad = [u for u in units if not 0 <= u < n]
+    if bad:
+        what = 'outputs' if name == OUTPUT else f'channels of layer {name!r}'
+        raise CnnTricksError(f"unit {bad[0]} is beyond the {n} {what} (valid: 0..{n - 1})")
+
+
+@patch
+def maximize_unit(self: Learner, layer,  # dotted layer name or module (ignored for objective='logit')
+                  unit,  # channel (or class for 'logit') index, or a list: all are optimized together in one batch
+                  objective='channel',  # 'channel', 'neuron', 'logit', or an `Objective` (composable with + and *)
+                  steps: int = 256, size: int = 128,  # optimization steps; image size in px
+                  param: str = 'fft',  # 'fft' (1/f-scaled spectrum) or 'pixel'
+                  decorrelate: bool = True,  # optimize in Lucid's decorrelated colour space
+                  transforms='standard',  # robustness transforms: 'standard', 'none', RobustTransforms or callable
+                  lr: float = 0.05,
+                  diversity: float = 0.,  # weight of the diversity term (with n_per_unit > 1)
+                  n_per_unit: int = 1,  # images per unit (made different from each other by `diversity`)
+                  seed: int | None = None, progress: bool = True, show: bool = True):
+    """Feature visualization: images that maximize `unit` of `layer` (Olah et al., Distill 2017). Normalization
+    comes from the DataLoaders (or timm's config). Returns (images (N, 3, size, size) in [0, 1], Figure)."""
+    model = self.model
+    units = _units(unit)
+    check_positive('steps', steps); check_positive('size', size); check_positive('lr', lr)
+    check_positive('n_per_unit', n_per_unit); check_positive('diversity', diversity, allow_zero=True)
+    if not isinstance(objective, Objective): check_choice('objective', objective, ['channel', 'neuron', 'logit'])
+    if model_in_channels(model) != 3:
+        raise CnnTricksError(f"maximize_unit renders RGB images; the model takes {model_in_channels(model)} channels")
+    name = OUTPUT if objective == 'logit' else layer_name(model, get_layer(model, layer))
+    per_image = [u for u in units for _ in range(n_per_unit)]
+    stats = _stats(self, model_device(model))
+    with preserve_model(model):
+        model.eval()
+        if not isinstance(objective, Objective): _check_units(model, name, units, size, stats)
+        obj = objective if isinstance(objective, Objective) else \
+            {'channel': channel, 'neuron': neuron}.get(objective, lambda n, u: logit(u))(name, per_image)
+        if diversity:
+            div_layer = name if name != OUTPUT else obj.layers[0]
+            obj = obj + diversity * diversity_objective(div_layer, groups=per_image)
+        imgs = render(model, obj, len(per_image), size, steps, param, decorrelate, transforms, lr, stats, seed,
+                      progress)
+    titles = [f'{"class" if objective == "logit" else "unit"} {u}' for u in per_image]
+    ncols = min(len(imgs), 8)
+    fig, axs = plt.subplots((len(imgs) + ncols - 1) // ncols, ncols, figsize=(1.8 * ncols, 1.9 * ((len(imgs) + ncols - 1) // ncols)),
+                            squeeze=False)
+    for ax in axs.flat: ax.axis('off')
+    for ax, im, t in zip(axs.flat, imgs, titles): ax.imshow(to_hwc(im)); ax.set_title(t, fontsize=8)
+    fig.suptitle(f"{'logits' if name == OUTPUT else name}: {obj.name if isinstance(objective, Objective) else objective}",
+                 fontsize=9)
+    fig.tight_layout()
+    return imgs, finish(fig, show)
+
+
+
+@patch
+def top_activating(self: Learner, layer,  # dotted layer name or module
+                   unit,  # channel index or a list of them
+                   k: int = 9,  # images per unit
+                   dl=None,  # DataLoader to search (default: the validation set, in its fixed order)
+                   synth: torch.Tensor | None = None,  # e.g. maximize_unit's images, shown first in each row
+                   progress: bool = True, show: bool = True):
+    """The `k` images of `dl` with the highest mean activation of each unit. Returns (indices (U, k) into the
+    DataLoader's items, activations (U, k), images (U, k, 3, H, W) in [0, 1], Figure)."""
+    model = self.model
+    units = _units(unit)
+    check_positive('k', k)
+    dl = dl if dl is not None else self.dls.valid
+    name = layer_name(model, get_layer(model, layer))
+    scores = []
+    with preserve_model(model), torch.no_grad():
+        model.eval()
+        for b in (progress_bar(dl, leave=False) if progress else dl):
+            maps = run_objective(model, Objective(None, [name]), torch.as_tensor(b[0]).as_subclass(torch.Tensor))[name]
+            if not scores:
+                bad = [u for u in units if not 0 <= u < maps.shape[1]]
+                if bad: raise CnnTricksError(f"unit {bad[0]} is beyond the {maps.shape[1]} channels of layer "
+                                             f"{name!r} (valid: 0..{maps.shape[1] - 1})")
+            scores.append(maps[:, units].float().mean((2, 3)).cpu())
+    if not scores: raise CnnTricksError("the DataLoader is empty")
+    scores = torch.cat(scores).T  # (U, n_items)
+    k = min(k, scores.shape[1])
+    top, idxs = scores.as_subclass(torch.Tensor).topk(k, dim=1)
+    flat = idxs.reshape(-1).tolist()
+    xb = dl.do_batch([dl.do_item(i) for i in flat])[0]
+    imgs = to_display(self, torch.as_tensor(xb).as_subclass(torch.Tensor)).reshape(len(units), k, *xb.shape[1:])
+    extra = synth is not None
+    fig, axs = plt.subplots(len(units), k + extra, figsize=(1.3 * (k + extra), 1.4 * len(units)), squeeze=False)
+    for r, u in enumerate(units):
+        if extra:
+            axs[r, 0].imshow(to_hwc(synth[r % len(synth)])); axs[r, 0].set_title(f'unit {u} (synthetic)', fontsize=7)
+        for c in range(k):
+            axs[r, c + extra].imshow(to_hwc(imgs[r, c])); axs[r, c + extra].set_title(f'{float(top[r, c]):.2f}', fontsize=7)
+    for ax in axs.flat: ax.axis('off')
+    fig.suptitle(f'{name}: top-{k} activating images', fontsize=9)
+    fig.tight_layout()
+    return idxs, top, imgs, finish(fig, show)
