@@ -1,0 +1,215 @@
+"""Pixel transforms drawn per image and applied to the whole batch in one elementwise pass each.
+
+Each is a fastai `RandTransform` (training set only, `p` per image, torch RNG so `set_seed` reproduces a batch).
+Every transform has one *magnitude* per image (the shift, the factor, the noise std, ...): `draw=` fixes it as in
+fastai's own transforms (a number, a list with one value per image, or a callable), and
+`tfm.apply_fixed(x, magnitude)` applies it deterministically to a batch.
+"""
+from __future__ import annotations
+import math
+
+import torch
+import torch.nn.functional as F
+from fastai.vision.augment import RandTransform, _draw_mask
+from fastai.torch_core import TensorImage
+
+from ..core import CnnTricksError
+
+__all__ = ['PixelTfm', 'ChannelShift', 'BrightnessFactor', 'GaussianNoise', 'SaltPepper', 'GaussianBlur', 'Cutout',
+           'channel_shift', 'brightness_factor', 'gaussian_noise', 'salt_pepper', 'gaussian_blur', 'cutout']
+
+
+def _number(name, v, lo=0., hi=None, strict=False):
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and (v > lo if strict else v >= lo) and (
+        hi is None or v <= hi)
+    if not ok:
+        rng = f"{'>' if strict else '>='} {lo}" + (f" and <= {hi}" if hi is not None else '')
+        raise CnnTricksError(f"{name}={v!r} is not valid; it must be a number {rng}")
+    return v
+
+
+def _pair(name, v, lo=0.):
+    if not (isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(o, (int, float)) for o in v)
+            and lo <= v[0] <= v[1]):
+        raise CnnTricksError(f"{name}={v!r} is not valid; it must be a pair (low, high) with {lo} <= low <= high")
+    return tuple(float(o) for o in v)
+
+
+def _per_image(m, x):
+    "A magnitude (number or (N,) tensor) as an (N,1,1,1) tensor on x's device."
+    m = torch.as_tensor(m, dtype=x.dtype, device=x.device)
+    return m.reshape(-1, 1, 1, 1) if m.ndim else m.expand(x.shape[0]).reshape(-1, 1, 1, 1)
+
+
+# -- the functions: batched, deterministic given per-image magnitudes -----------------------------------------------
+
+def channel_shift(x, shift):
+    "Keras' channel shift: add `shift` (per image) to every channel, clipped to each image's own min and max."
+    flat = x.flatten(1)
+    lo, hi = flat.amin(1).reshape(-1, 1, 1, 1), flat.amax(1).reshape(-1, 1, 1, 1)
+    return torch.minimum(torch.maximum(x + _per_image(shift, x), lo), hi)
+
+
+def brightness_factor(x, factor, max_value=1.):
+    "Keras/PIL brightness: multiply by `factor` (per image; < 1 darkens), clipped to [0, max_value] unless None."
+    res = x * _per_image(factor, x)
+    return res.clamp_(0, max_value) if max_value is not None else res
+
+
+def gaussian_noise(x, std):
+    "Add zero-mean Gaussian noise with standard deviation `std` (per image)."
+    return torch.randn_like(x).mul_(_per_image(std, x)).add_(x)
+
+
+def salt_pepper(x, amount, salt_vs_pepper=0.5, low=0., high=1.):
+    "Set a fraction `amount` (per image) of pixel positions, all channels, to `high` (salt) or `low` (pepper)."
+    u = torch.rand(x.shape[0], 1, *x.shape[-2:], device=x.device, dtype=x.dtype)
+    a = _per_image(amount, x)
+    res = torch.where(u < a * salt_vs_pepper, torch.full_like(x[:1, :1, :1, :1], high), x)
+    return torch.where((u >= a * salt_vs_pepper) & (u < a), torch.full_like(x[:1, :1, :1, :1], low), res)
+
+
+def _gauss_kernels(sigma, radius, x):
+    t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+    s = _per_image(sigma, x).reshape(-1, 1).clamp_min(1e-6)  # sigma 0 -> a delta: the identity
+    k = torch.exp(-t ** 2 / (2 * s ** 2))
+    return k / k.sum(1, keepdim=True)
+
+
+def gaussian_blur(x, sigma):
+    """Gaussian blur with per-image `sigma` (pixels), batched: two separable depthwise convolutions over the whole
+    batch (one kernel per image), reflect padding, kernel radius ceil(3 * largest sigma)."""
+    n, c, h, w = x.shape
+    smax = float(torch.as_tensor(sigma).max()) if torch.as_tensor(sigma).numel() else 0.
+    radius = min(max(int(math.ceil(3 * smax)), 0), min(h, w) - 1)
+    if radius == 0: return x.clone()
+    k = _gauss_kernels(sigma, radius, x).repeat_interleave(c, 0)  # (n*c, 2r+1)
+    y = F.pad(x.reshape(1, n * c, h, w), (radius, radius, radius, radius), mode='reflect')
+    y = F.conv2d(y, k[:, None, None, :], groups=n * c)
+    y = F.conv2d(y, k[:, None, :, None], groups=n * c)
+    return y.reshape(n, c, h, w)
+
+
+def cutout(x, size, n_holes=1, fill=0.):
+    """Coarse dropout: `n_holes` squares per image with side `size` (fraction of the shorter side, per image) set
+    to `fill`, centres uniform over the image (holes may be clipped at the border), built as one broadcast mask."""
+    n, _, h, w = x.shape
+    side = _per_image(size, x).reshape(n, 1, 1) * min(h, w)
+    rows = torch.arange(h, device=x.device, dtype=x.dtype).reshape(1, h, 1)
+    cols = torch.arange(w, device=x.device, dtype=x.dtype).reshape(1, 1, w)
+    mask = torch.zeros(n, h, w, dtype=torch.bool, device=x.device)
+    for _ in range(n_holes):  # a handful of holes, each for the whole batch at once
+        cy = torch.rand(n, 1, 1, device=x.device, dtype=x.dtype) * h
+        cx = torch.rand(n, 1, 1, device=x.device, dtype=x.dtype) * w
+        mask |= ((rows - cy).abs() * 2 < side) & ((cols - cx).abs() * 2 < side)
+    return x.masked_fill(mask[:, None], fill)
+
+
+# -- the transforms -------------------------------------------------------------------------------------------------
+
+class PixelTfm(RandTransform):
+    "Base of the pixel transforms: per-image magnitudes drawn in `before_call` (neutral with probability 1-p)."
+    order, split_idx, neutral = 45, 0, 0.
+
+    def __init__(self, p=0.5, draw=None, batch=False):
+        _number('p', p, 0., 1.)
+        super().__init__(p=p)
+        self.draw, self.batch = draw, batch
+
+    def _def_draw(self, x): raise NotImplementedError
+    def _apply(self, x, magnitude): raise NotImplementedError
+
+    def before_call(self, b, split_idx):
+        self.do = True  # p is applied per image inside the draw
+        if split_idx is not None and split_idx != self.split_idx and self.split_idx is not None: return
+        while isinstance(b, (tuple, list)): b = b[0]
+        self.magnitude = _draw_mask(b, self._def_draw, draw=self.draw, p=self.p, neutral=self.neutral,
+                                    batch=self.batch)
+
+    def encodes(self, x: TensorImage): return TensorImage(self._apply(x.as_subclass(torch.Tensor), self.magnitude))
+
+    def apply_fixed(self, x, magnitude):
+        "`x` with every image transformed at `magnitude` (a number or one value per image)."
+        return TensorImage(self._apply(torch.as_tensor(x).as_subclass(torch.Tensor),
+                                       torch.as_tensor(magnitude, dtype=x.dtype, device=x.device)
+                                       .expand(x.shape[0])))
+
+
+def _uniform(x, lo, hi, batch):
+    if batch: return x.new_zeros(x.size(0)) + float(torch.empty(()).uniform_(lo, hi))
+    return x.new_empty(x.size(0)).uniform_(lo, hi)
+
+
+class ChannelShift(PixelTfm):
+    "Keras' `channel_shift_range`: one uniform shift in [-max_shift, max_shift] added to all channels, clipped."
+    def __init__(self,
+                 max_shift=0.1,  # largest shift, in the image's units (0..1 for fastai images; Keras' range / 255)
+                 p=0.5, draw=None, batch=False):
+        self.max_shift = _number('max_shift', max_shift)
+        super().__init__(p, draw, batch)
+
+    def _def_draw(self, x): return _uniform(x, -self.max_shift, self.max_shift, self.batch)
+    def _apply(self, x, m): return channel_shift(x, m)
+
+
+class BrightnessFactor(PixelTfm):
+    "Keras' `brightness_range`: multiply each image by a factor drawn from [min_factor, max_factor] (< 1 darkens)."
+    neutral = 1.
+
+    def __init__(self,
+                 min_factor=0.8,  # smallest factor
+                 max_factor=1.2,  # largest factor
+                 max_value=1.,  # clip to [0, max_value] as PIL does (None: no clipping)
+                 p=0.5, draw=None, batch=False):
+        self.min_factor, self.max_factor = _pair('brightness range', (min_factor, max_factor))
+        self.max_value = max_value
+        super().__init__(p, draw, batch)
+
+    def _def_draw(self, x): return _uniform(x, self.min_factor, self.max_factor, self.batch)
+    def _apply(self, x, m): return brightness_factor(x, m, self.max_value)
+
+
+class GaussianNoise(PixelTfm):
+    "Add Gaussian noise of standard deviation `std` to each selected image."
+    def __init__(self, std=0.05, p=0.5, draw=None, batch=False):
+        self.std = _number('std', std)
+        super().__init__(p, draw, batch)
+
+    def _def_draw(self, x): return x.new_full((x.size(0),), float(self.std))
+    def _apply(self, x, m): return gaussian_noise(x, m)
+
+
+class SaltPepper(PixelTfm):
+    "Salt-and-pepper noise: a fraction `amount` of the pixel positions set to `high` or `low`."
+    def __init__(self, amount=0.02, salt_vs_pepper=0.5, low=0., high=1., p=0.5, draw=None, batch=False):
+        self.amount = _number('amount', amount, 0., 1.)
+        self.salt_vs_pepper = _number('salt_vs_pepper', salt_vs_pepper, 0., 1.)
+        self.low, self.high = low, high
+        super().__init__(p, draw, batch)
+
+    def _def_draw(self, x): return x.new_full((x.size(0),), float(self.amount))
+    def _apply(self, x, m): return salt_pepper(x, m, self.salt_vs_pepper, self.low, self.high)
+
+
+class GaussianBlur(PixelTfm):
+    "Gaussian blur with a sigma (pixels) drawn per image from `sigma` = (low, high); batched separable convolution."
+    def __init__(self, sigma=(0.1, 2.), p=0.5, draw=None, batch=False):
+        self.sigma = _pair('sigma', sigma)
+        super().__init__(p, draw, batch)
+
+    def _def_draw(self, x): return _uniform(x, *self.sigma, self.batch)
+    def _apply(self, x, m): return gaussian_blur(x, m)
+
+
+class Cutout(PixelTfm):
+    "Cutout / coarse dropout: `n_holes` squares per image, side drawn from `size` (fraction of the shorter side)."
+    def __init__(self, size=(0.1, 0.3), n_holes=1, fill=0., p=0.5, draw=None, batch=False):
+        self.size = _pair('size', size)
+        if self.size[1] > 1: raise CnnTricksError(f"size={size!r} is not valid; fractions of the side are <= 1")
+        if not isinstance(n_holes, int) or n_holes < 1:
+            raise CnnTricksError(f"n_holes={n_holes!r} is not valid; it must be an integer >= 1")
+        self.n_holes, self.fill = n_holes, fill
+        super().__init__(p, draw, batch)
+
+    def _def_draw(self, x): return _uniform(x, *self.size, self.batch)
+    def _apply(self, x, m): return cutout(x, m, self.n_holes, self.fill)
