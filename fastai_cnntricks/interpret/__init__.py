@@ -7,3 +7,5 @@ from .featvis_param import *
 from .featvis_transforms import *
 from .featvis_objectives import *
 from .featvis import *
+from .memformat import *
+from .occlusion import *
