@@ -22,8 +22,9 @@ from fastai.vision.core import TensorPoint, TensorBBox
 from fastcore.foundation import L
 
 from ..core import CnnTricksError, check_choice
+from .pixel import PixelTfm, PixelChain
 
-__all__ = ['FILL_MODES', 'fill_sample', 'apply_affine', 'shear_mat', 'shift_mat', 'zoomxy_mat', 'vflip_mat',
+__all__ = ['FILL_MODES', 'affine_grid_fast', 'fill_sample', 'apply_affine', 'shear_mat', 'shift_mat', 'zoomxy_mat', 'vflip_mat',
            'AffineFill', 'Shear', 'Shift', 'ZoomXY', 'FlipVertical', 'fuse_tfms']
 
 # Keras names (constant, nearest, reflect, wrap) and fastai's PadMode names (zeros, border, reflection).
@@ -36,6 +37,18 @@ def _check_range(name, value, allow_zero=True):
     if not isinstance(value, (int, float)) or value < 0 or (value == 0 and not allow_zero):
         raise CnnTricksError(f"{name}={value!r} is not valid; it must be a number >= 0")
     return value
+
+
+def affine_grid_fast(theta, size, align_corners=False):
+    """`F.affine_grid(theta, size, align_corners)` for 2D (N,2,3) `theta`, as two broadcast multiply-adds: one pass
+    over the (N,H,W,2) grid instead of a batched matmul against a base grid (about 5x faster on CPU)."""
+    n, h, w = size[0], size[-2], size[-1]
+    def base(k):
+        if align_corners: return torch.linspace(-1, 1, k, dtype=theta.dtype, device=theta.device)
+        return (torch.arange(k, dtype=theta.dtype, device=theta.device) * 2 + 1) / k - 1
+    t = theta.transpose(1, 2).reshape(n, 1, 3, 1, 2)  # coefficients of x, of y, and the constant
+    ybc = torch.addcmul(t[:, :, 2], base(h).reshape(1, h, 1, 1), t[:, :, 1])  # (n,h,1,2): small
+    return torch.addcmul(ybc, base(w).reshape(1, 1, w, 1), t[:, :, 0])
 
 
 def _to_pixels(g, n, align_corners):
@@ -82,7 +95,7 @@ def apply_affine(x, mat, size=None, mode=None, fill_mode='reflection', cval=0., 
     xf = (x[:, None] if x.ndim == 3 else x).float() if is_mask else x
     size = tuple(xf.shape[-2:]) if size is None else (size, size) if isinstance(size, int) else tuple(size)
     theta = _prepare_mat(xf, mat.clone())
-    coords = F.affine_grid(theta.to(xf.dtype), xf.shape[:2] + size, align_corners=align_corners)
+    coords = affine_grid_fast(theta.to(xf.dtype), xf.shape[:2] + size, align_corners=align_corners)
     res = fill_sample(torch.Tensor(xf).as_subclass(torch.Tensor), coords, mode, fill_mode, cval, align_corners)
     if is_mask:
         res = res.round().long()
@@ -185,7 +198,7 @@ class AffineFill(AffineCoordTfm):
         h, w = x.shape[-2:]
         size = (h, w) if self.size is None else (self.size, self.size) if isinstance(self.size, int) else self.size
         if self.split_idx and tuple(size) == (h, w): return x  # validation: nothing to resample
-        coords = F.affine_grid(self.mat.to(x.dtype), x.shape[:2] + tuple(size), align_corners=self.align_corners)
+        coords = affine_grid_fast(self.mat.to(x.dtype), x.shape[:2] + tuple(size), self.align_corners)
         if len(self.coord_fs) and not self.split_idx:
             from fasttransform import compose_tfms
             coords = compose_tfms(coords, tfms=self.coord_fs)
@@ -295,7 +308,8 @@ class FlipVertical(AffineFill):
 def fuse_tfms(tfms, fill_mode=None, cval=None, size=None, align_corners=None):
     """Batch transforms with every `AffineCoordTfm` in `tfms` (fastai's `Flip`, `Rotate`, `Zoom`, `Warp`, the ones
     in `aug_transforms`, and ours) multiplied into one `AffineFill`: one `grid_sample` per batch. fastai's
-    lighting transforms are composed as in `setup_aug_tfms`; the rest are kept. The fill mode, `cval`, size and
+    lighting transforms are composed as in `setup_aug_tfms`, our pixel transforms into one `PixelChain` (one
+    allocation); the rest are kept. The fill mode, `cval`, size and
     align_corners come from the arguments, else from the first of our transforms, else from the first affine one.
     The transforms passed in are left unchanged."""
     tfms = list(L(tfms))
@@ -313,6 +327,10 @@ def fuse_tfms(tfms, fill_mode=None, cval=None, size=None, align_corners=None):
             size=size if size is not None else next((t.size for t in aff if t.size is not None), None),
             mode=ref.mode, fill_mode=fm, cval=cval if cval is not None else getattr(ref, 'cval', 0.),
             align_corners=ref.align_corners if align_corners is None else align_corners))
+    pix = [t for t in rest if isinstance(t, PixelTfm)]
+    if len(pix) > 1:  # one allocation for the whole chain of pixel transforms
+        chain = PixelChain([o for t in pix for o in (t.tfms if isinstance(t, PixelChain) else [t])])
+        rest = [chain if t is pix[0] else t for t in rest if t is pix[0] or t not in pix]
     if lig:
         import copy
         host = copy.copy(lig[0])

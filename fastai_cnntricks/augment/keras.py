@@ -95,7 +95,6 @@ def keras_tfms(**kwargs) -> AttrDict:
     if tuple(z) != (1, 1): tfms.append(ZoomXY(z[0], z[1], p=1., keras=True, **fill))
     if a.horizontal_flip: tfms.append(Flip(p=0.5))
     if a.vertical_flip: tfms.append(FlipVertical(p=0.5, **fill))
-    if tfms: tfms = fuse_tfms(tfms, align_corners=False, **fill)
     if _nonneg('channel_shift_range', a.channel_shift_range): tfms.append(ChannelShift(a.channel_shift_range / 255, p=1.))
     if a.brightness_range is not None:
         br = a.brightness_range
@@ -114,6 +113,6 @@ def keras_tfms(**kwargs) -> AttrDict:
         tfms.append(ZCAWhiten(eps=_nonneg('zca_epsilon', a.zca_epsilon)))
     elif a.featurewise_center or a.featurewise_std_normalization:
         tfms.append(FeaturewiseNormalize(bool(a.featurewise_center), bool(a.featurewise_std_normalization)))
-    res = AttrDict(item_tfms=[], batch_tfms=tfms)
+    res = AttrDict(item_tfms=[], batch_tfms=fuse_tfms(tfms, align_corners=False, **fill))
     if a.validation_split: res['splitter'] = KerasSplitter(a.validation_split)
     return res

@@ -15,7 +15,7 @@ from fastai.torch_core import TensorImage
 
 from ..core import CnnTricksError
 
-__all__ = ['PixelTfm', 'ChannelShift', 'BrightnessFactor', 'GaussianNoise', 'SaltPepper', 'GaussianBlur', 'Cutout',
+__all__ = ['PixelTfm', 'PixelChain', 'ChannelShift', 'BrightnessFactor', 'GaussianNoise', 'SaltPepper', 'GaussianBlur', 'Cutout',
            'channel_shift', 'brightness_factor', 'gaussian_noise', 'salt_pepper', 'gaussian_blur', 'cutout']
 
 
@@ -43,22 +43,25 @@ def _per_image(m, x):
 
 # -- the functions: batched, deterministic given per-image magnitudes -----------------------------------------------
 
-def channel_shift(x, shift):
+def channel_shift(x, shift, inplace=False):
     "Keras' channel shift: add `shift` (per image) to every channel, clipped to each image's own min and max."
     flat = x.flatten(1)
     lo, hi = flat.amin(1).reshape(-1, 1, 1, 1), flat.amax(1).reshape(-1, 1, 1, 1)
-    return torch.minimum(torch.maximum(x + _per_image(shift, x), lo), hi)
+    s = _per_image(shift, x)
+    return (x.add_(s) if inplace else x + s).clamp_(lo, hi)
 
 
-def brightness_factor(x, factor, max_value=1.):
+def brightness_factor(x, factor, max_value=1., inplace=False):
     "Keras/PIL brightness: multiply by `factor` (per image; < 1 darkens), clipped to [0, max_value] unless None."
-    res = x * _per_image(factor, x)
+    f = _per_image(factor, x)
+    res = x.mul_(f) if inplace else x * f
     return res.clamp_(0, max_value) if max_value is not None else res
 
 
-def gaussian_noise(x, std):
+def gaussian_noise(x, std, inplace=False):
     "Add zero-mean Gaussian noise with standard deviation `std` (per image)."
-    return torch.randn_like(x).mul_(_per_image(std, x)).add_(x)
+    noise, s = torch.randn_like(x), _per_image(std, x)
+    return x.addcmul_(noise, s) if inplace else noise.mul_(s).add_(x)
 
 
 def salt_pepper(x, amount, salt_vs_pepper=0.5, low=0., high=1.):
@@ -117,7 +120,7 @@ class PixelTfm(RandTransform):
         self.draw, self.batch = draw, batch
 
     def _def_draw(self, x): raise NotImplementedError
-    def _apply(self, x, magnitude): raise NotImplementedError
+    def _apply(self, x, magnitude, inplace=False): raise NotImplementedError
 
     def before_call(self, b, split_idx):
         self.do = True  # p is applied per image inside the draw
@@ -149,7 +152,7 @@ class ChannelShift(PixelTfm):
         super().__init__(p, draw, batch)
 
     def _def_draw(self, x): return _uniform(x, -self.max_shift, self.max_shift, self.batch)
-    def _apply(self, x, m): return channel_shift(x, m)
+    def _apply(self, x, m, inplace=False): return channel_shift(x, m, inplace)
 
 
 class BrightnessFactor(PixelTfm):
@@ -166,7 +169,7 @@ class BrightnessFactor(PixelTfm):
         super().__init__(p, draw, batch)
 
     def _def_draw(self, x): return _uniform(x, self.min_factor, self.max_factor, self.batch)
-    def _apply(self, x, m): return brightness_factor(x, m, self.max_value)
+    def _apply(self, x, m, inplace=False): return brightness_factor(x, m, self.max_value, inplace)
 
 
 class GaussianNoise(PixelTfm):
@@ -176,7 +179,7 @@ class GaussianNoise(PixelTfm):
         super().__init__(p, draw, batch)
 
     def _def_draw(self, x): return x.new_full((x.size(0),), float(self.std))
-    def _apply(self, x, m): return gaussian_noise(x, m)
+    def _apply(self, x, m, inplace=False): return gaussian_noise(x, m, inplace)
 
 
 class SaltPepper(PixelTfm):
@@ -188,7 +191,7 @@ class SaltPepper(PixelTfm):
         super().__init__(p, draw, batch)
 
     def _def_draw(self, x): return x.new_full((x.size(0),), float(self.amount))
-    def _apply(self, x, m): return salt_pepper(x, m, self.salt_vs_pepper, self.low, self.high)
+    def _apply(self, x, m, inplace=False): return salt_pepper(x, m, self.salt_vs_pepper, self.low, self.high)
 
 
 class GaussianBlur(PixelTfm):
@@ -198,7 +201,7 @@ class GaussianBlur(PixelTfm):
         super().__init__(p, draw, batch)
 
     def _def_draw(self, x): return _uniform(x, *self.sigma, self.batch)
-    def _apply(self, x, m): return gaussian_blur(x, m)
+    def _apply(self, x, m, inplace=False): return gaussian_blur(x, m)
 
 
 class Cutout(PixelTfm):
@@ -212,4 +215,28 @@ class Cutout(PixelTfm):
         super().__init__(p, draw, batch)
 
     def _def_draw(self, x): return _uniform(x, *self.size, self.batch)
-    def _apply(self, x, m): return cutout(x, m, self.n_holes, self.fill)
+    def _apply(self, x, m, inplace=False): return cutout(x, m, self.n_holes, self.fill)
+
+
+class PixelChain(PixelTfm):
+    """Several pixel transforms applied one after the other in one transform: the first allocates the output and
+    the rest work on it in place (the batch passed in is never modified). Each keeps its own `p` and draws;
+    `fuse_tfms` builds it."""
+    def __init__(self, tfms):
+        self.tfms = list(tfms)
+        if not all(isinstance(t, PixelTfm) for t in self.tfms):
+            raise CnnTricksError("PixelChain takes pixel transforms (ChannelShift, BrightnessFactor, ...) only")
+        super().__init__(p=1.)
+        self.order = self.tfms[0].order
+
+    def before_call(self, b, split_idx):
+        self.do = True
+        for t in self.tfms: t.before_call(b, split_idx)
+
+    def encodes(self, x: TensorImage):
+        y = x.as_subclass(torch.Tensor)
+        for i, t in enumerate(self.tfms): y = t._apply(y, t.magnitude, inplace=i > 0)
+        return TensorImage(y)
+
+    def apply_fixed(self, x, magnitude):
+        raise CnnTricksError("PixelChain has no single magnitude; call apply_fixed on one of its .tfms")

@@ -14,10 +14,11 @@ def augmentation_tfms():
     "The demo pipeline: Keras' usual ImageDataGenerator arguments plus noise, fused into one affine pass."
     from .keras import keras_tfms
     from .pixel import GaussianNoise
+    from .geometric import fuse_tfms
     kt = keras_tfms(rotation_range=15, width_shift_range=0.1, height_shift_range=0.1, shear_range=10,
                     zoom_range=0.15, horizontal_flip=True, brightness_range=(0.7, 1.3), channel_shift_range=20,
                     fill_mode='reflect')
-    return kt.batch_tfms + [GaussianNoise(0.03, p=0.5)]
+    return fuse_tfms(kt.batch_tfms + [GaussianNoise(0.03, p=0.5)])
 
 
 def _png(fig):
