@@ -151,7 +151,8 @@ def top_activating(self: Learner, layer,  # dotted layer name or module
     k = min(k, scores.shape[1])
     top, idxs = scores.as_subclass(torch.Tensor).topk(k, dim=1)
     flat = idxs.reshape(-1).tolist()
-    xb = dl.do_batch([dl.do_item(i) for i in flat])[0]
+    # the items again, through the same item and batch transforms (a test DataLoader of the raw images)
+    xb = self.dls.test_dl([dl.dataset[i][0] for i in flat]).one_batch()[0]
     imgs = to_display(self, torch.as_tensor(xb).as_subclass(torch.Tensor)).reshape(len(units), k, *xb.shape[1:])
     extra = synth is not None
     fig, axs = plt.subplots(len(units), k + extra, figsize=(1.3 * (k + extra), 1.4 * len(units)), squeeze=False)

@@ -95,8 +95,8 @@ def kernel_effects(img: torch.Tensor, kernels=None) -> torch.Tensor:
     if not isinstance(kernels, dict) or not kernels:
         raise CnnTricksError("kernels must be a non-empty dict name -> 2-D kernel (list or tensor)")
     ks = [torch.as_tensor(k, dtype=torch.float32) for k in kernels.values()]
-    if any(k.dim() != 2 or k.shape != ks[0].shape or k.shape[0] % 2 == 0 for k in ks):
-        raise CnnTricksError("kernels must all be 2-D, of one odd size (e.g. 3x3)")
+    if any(k.dim() != 2 or k.shape != ks[0].shape or k.shape[0] != k.shape[1] or k.shape[0] % 2 == 0 for k in ks):
+        raise CnnTricksError("kernels must all be square 2-D arrays of one odd size (e.g. 3x3)")
     gray = img.float().mean(0, keepdim=True)[None]  # (1, 1, H, W)
     return F.conv2d(F.pad(gray, [ks[0].shape[0] // 2] * 4, mode='replicate'), torch.stack(ks)[:, None])[0]
 

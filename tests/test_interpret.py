@@ -1,0 +1,283 @@
+"Interpretation wing: results against independent references, and the model left exactly as found."
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from fastai.vision.all import Learner, CrossEntropyLossFlat
+
+from fastai_cnntricks.core import CnnTricksError, model_snapshot
+from fastai_cnntricks.data import digits_dls
+from fastai_cnntricks.transfer import timm_learner
+from fastai_cnntricks.interpret import (occlusion_attribution, kernel_effects, CLASSIC_KERNELS, RobustTransforms,
+                                        channel, neuron, logit, diversity, OUTPUT, image_param, memory_format,
+                                        drops_to_map)
+
+SIZE = 32
+
+
+@pytest.fixture(scope='module')
+def dls(): return digits_dls(size=SIZE, bs=64)
+
+
+def plain_cnn():
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, groups=2),
+                         nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+
+
+ARCHS = {'resnet10t': ('layer2', {}), 'efficientnet_lite0': ('blocks.2', {}), 'convnext_atto': ('stages.1', {}),
+         'mobilenetv3_small_050': ('blocks.2', {}), 'vit_tiny_patch16_224': ('blocks.1', dict(img_size=SIZE, patch_size=8))}
+
+
+def make_learner(dls, arch):
+    if arch == 'plain': return Learner(dls, plain_cnn(), loss_func=CrossEntropyLossFlat())
+    return timm_learner(dls, arch, pretrained=False, model_kwargs=ARCHS[arch][1])
+
+
+def state(model):
+    return {k: (v.clone(), v.stride()) for k, v in model.state_dict().items()}
+
+
+def assert_as_found(model, snap, st):
+    assert model_snapshot(model) == snap
+    now = model.state_dict()
+    for k, (v, stride) in st.items():
+        assert torch.equal(now[k], v) and now[k].stride() == stride, k
+
+
+def unsettle(model):
+    "A model state worth preserving: train mode with one module in eval, a frozen parameter, channels-last weights."
+    model.train()
+    next(m for m in model.modules() if isinstance(m, nn.Conv2d)).eval()
+    next(model.parameters()).requires_grad_(False)
+    model.to(memory_format=torch.channels_last)
+
+
+# --- layers, filters, feature maps, kernels -------------------------------------------------------------------
+
+def test_layer_names_shapes_and_errors(dls):
+    learn = make_learner(dls, 'resnet10t')
+    names = learn.layer_names('conv')
+    assert names['conv1.0'] == (24, SIZE // 2, SIZE // 2) and names['layer4.0.conv2'][0] == 512
+    assert all(isinstance(learn.model.get_submodule(n), nn.Conv2d) for n in names)
+    assert learn.layer_names('linear') == {'fc': (10,)}
+    with pytest.raises(CnnTricksError, match='layer4'): learn.show_feature_maps(dls.valid_ds[0], 'layer5', show=False)
+    with pytest.raises(CnnTricksError, match="'conv', 'linear'"): learn.layer_names('convs')
+
+
+def test_show_filters_rgb_depthwise_grouped(dls):
+    learn = make_learner(dls, 'plain')
+    w = learn.model[0].weight.detach()
+    tiles, fig = learn.show_filters(show=False)
+    ref = (w - w.amin((1, 2, 3), keepdim=True)) / (w.amax((1, 2, 3), keepdim=True) - w.amin((1, 2, 3), keepdim=True))
+    torch.testing.assert_close(tiles, ref)
+    g, _ = learn.show_filters('2', show=False)  # grouped: 4 inputs per group, mean over them
+    w2 = learn.model[2].weight.detach().mean(1)
+    torch.testing.assert_close(g[3], (w2[3] - w2[3].min()) / (w2[3].max() - w2[3].min()))
+    with pytest.raises(CnnTricksError, match='0..3'): learn.show_filters('2', in_channel=4, show=False)
+    with pytest.raises(CnnTricksError, match='not a 2-D convolution'): learn.show_filters('7', show=False)
+    eff = make_learner(dls, 'efficientnet_lite0')
+    dw, _ = eff.show_filters('blocks.1.0.conv_dw', max_n=5, show=False)
+    assert dw.shape == (5, 3, 3)
+
+
+def test_feature_maps_match_a_plain_forward(dls):
+    learn = make_learner(dls, 'plain')
+    item = dls.valid_ds[3]
+    maps, fig = learn.show_feature_maps(item, '1', show=False)
+    x = learn.dls.test_dl([item[0]]).one_batch()[0]
+    torch.testing.assert_close(maps, torch.relu(learn.model[0](x))[0].detach())
+    vit = make_learner(dls, 'vit_tiny_patch16_224')
+    vm, _ = vit.show_feature_maps(item, 'blocks.0', show=False)
+    assert vm.shape == (192, SIZE // 8, SIZE // 8)  # tokens back on their 4x4 grid, class token dropped
+
+
+def test_kernel_effects_against_manual_convolution():
+    ramp = torch.linspace(0, 1, 16).expand(3, 16, 16).clone()  # brightness grows to the right
+    out = kernel_effects(ramp)
+    names = list(CLASSIC_KERNELS)
+    torch.testing.assert_close(out[names.index('identity')], ramp[0])
+    sx = out[names.index('vertical edges (Sobel x)')][1:-1, 1:-1]
+    torch.testing.assert_close(sx, torch.full_like(sx, 8 / 15))  # (1+2+1) * 2 px * slope 1/15
+    assert out[names.index('horizontal edges (Sobel y)')][1:-1, 1:-1].abs().max() < 1e-6
+    with pytest.raises(CnnTricksError): kernel_effects(ramp, {'bad': [[1, 2]]})
+
+
+# --- feature visualization ------------------------------------------------------------------------------------
+
+def test_objectives_compose_and_diversity():
+    acts = {'a': torch.arange(2 * 3 * 2 * 2.).reshape(2, 3, 2, 2), OUTPUT: torch.tensor([[1., 5.], [2., 7.]])}
+    c = channel('a', [0, 2])(acts)
+    torch.testing.assert_close(c, torch.stack([acts['a'][0, 0].mean(), acts['a'][1, 2].mean()]))
+    torch.testing.assert_close(neuron('a', 1, x=1, y=0)(acts), acts['a'][:, 1, 0, 1])
+    torch.testing.assert_close((2 * logit(1) - channel('a', 0))(acts), 2 * acts[OUTPUT][:, 1] - acts['a'][:, 0].mean((1, 2)))
+    assert set((logit(1) + channel('a', 0)).layers) == {OUTPUT, 'a'}
+    same = {'a': torch.ones(3, 4, 2, 2)}
+    torch.testing.assert_close(diversity('a')(same), -torch.ones(3))  # identical Gram matrices: similarity 1
+
+
+def test_parameterizations_and_transforms():
+    g = torch.Generator().manual_seed(0)
+    for param in ('fft', 'pixel'):
+        params, img = image_param(2, 24, param, generator=g)
+        x = img()
+        assert x.shape == (2, 3, 24, 24) and 0 < x.min() and x.max() < 1
+    # FFT: the image is the inverse real FFT of the 1/f-scaled spectrum (independent numpy reference)
+    params, img = image_param(1, 16, 'fft', decorrelate=False, generator=g)
+    spec = params[0].detach().numpy()
+    f = np.sqrt(np.fft.fftfreq(16)[:, None] ** 2 + np.fft.rfftfreq(16)[None] ** 2)
+    ref = np.fft.irfft2((spec[..., 0] + 1j * spec[..., 1]) / np.maximum(f, 1 / 16), s=(16, 16), norm='ortho') / 4
+    torch.testing.assert_close(img(), torch.sigmoid(torch.from_numpy(ref).float()), atol=1e-6, rtol=1e-5)
+    x = torch.rand(2, 3, 20, 20)
+    ident = RobustTransforms(pad=0, jitter=0, scales=None, angles=None)
+    torch.testing.assert_close(ident(x), x, atol=1e-5, rtol=1e-5)
+    out = RobustTransforms()(x, generator=g)
+    assert out.shape == x.shape
+
+
+def test_maximize_unit_batches_units_and_excites_them(dls):
+    learn = make_learner(dls, 'plain')
+    imgs, fig = learn.maximize_unit('0', [0, 5], steps=40, size=24, seed=0, lr=0.1, progress=False, show=False)
+    assert imgs.shape == (2, 3, 24, 24) and imgs.min() >= 0 and imgs.max() <= 1
+    with torch.no_grad():
+        a = learn.model[0](imgs).mean((2, 3))  # (image, channel)
+    assert a[0, 0] > a[1, 0] and a[1, 5] > a[0, 5]  # each image excites its own unit more than the other's
+    with pytest.raises(CnnTricksError, match='8 channels'): learn.maximize_unit('1', 8, steps=1, show=False)
+    with pytest.raises(CnnTricksError, match='10 outputs'):
+        learn.maximize_unit(None, 10, objective='logit', steps=1, show=False)
+    with pytest.raises(CnnTricksError, match='objective'): learn.maximize_unit('1', 0, objective='x', show=False)
+
+
+def test_top_activating_matches_full_scan(dls):
+    learn = make_learner(dls, 'plain')
+    idxs, top, imgs, fig = learn.top_activating('1', [2, 6], k=5, progress=False, show=False)
+    with torch.no_grad():
+        xs = torch.cat([b[0] for b in dls.valid])
+        a = torch.relu(learn.model[0](xs)).mean((2, 3))[:, [2, 6]].T
+    ref_top, ref_idx = a.topk(5, dim=1)
+    torch.testing.assert_close(top, ref_top)
+    assert torch.equal(idxs, ref_idx)
+    torch.testing.assert_close(imgs[0, 0], xs[ref_idx[0, 0]].as_subclass(torch.Tensor))
+
+
+# --- occlusion --------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('window,stride,output,channels_last', [(8, 4, 'prob', True), (8, 5, 'logit', False),
+                                                                 (12, 6, 'prob', False)])
+def test_occlusion_equals_captum(window, stride, output, channels_last):
+    from captum.attr import Occlusion
+    import timm
+    torch.manual_seed(0)
+    model = timm.create_model('resnet10t', num_classes=10).eval()
+    x = torch.randn(1, 3, 36, 36)
+    attr, target, _ = occlusion_attribution(model, x, None, window, stride, -0.5, output, batch_size=16,
+                                            channels_last=channels_last, progress=False)
+    fwd = (lambda z: model(z).softmax(1)) if output == 'prob' else model
+    ref = Occlusion(fwd).attribute(x, sliding_window_shapes=(3, window, window), strides=(3, stride, stride),
+                                   baselines=-0.5, target=target, perturbations_per_eval=16)
+    assert torch.equal(ref[0, 0], ref[0, 2])  # a window spanning all channels: every channel carries the same value
+    torch.testing.assert_close(attr, ref[0, 0], rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+
+
+def test_occlusion_map_baselines_faithfulness_refine(dls):
+    learn = make_learner(dls, 'plain')
+    item = dls.valid_ds[0]
+    x = learn.dls.test_dl([item[0]]).one_batch()[0]
+    blur, _, _ = learn.occlusion_map(item, window=8, stride=4, baseline='blur', progress=False, show=False)
+    from torchvision.transforms.functional import gaussian_blur
+    ref, _, _ = learn.occlusion_map(x, window=8, stride=4, baseline=gaussian_blur(x, [9, 9], [8 / 3] * 2),
+                                    progress=False, show=False)
+    torch.testing.assert_close(blur, ref)
+    attr, curves, _ = learn.occlusion_map(item, window=8, stride=4, faithfulness=True, progress=False, show=False)
+    with torch.no_grad(): p = learn.model.eval()(x).softmax(1)[0]
+    t = int(p.argmax())
+    assert curves['deletion'][0] == pytest.approx(float(p[t]), rel=1e-4)
+    assert curves['insertion'][-1] == pytest.approx(float(p[t]), rel=1e-4)
+    fine, _, _ = learn.occlusion_map(item, window=8, stride=4, refine=0., progress=False, show=False)
+    torch.testing.assert_close(fine, attr, rtol=1e-4, atol=1e-6)  # refine=0 evaluates every window that differs
+    coarse, _, _ = learn.occlusion_map(item, window=8, stride=4, refine=0.3, progress=False, show=False)
+    rank = lambda a: a.flatten().argsort().argsort().float()
+    assert torch.corrcoef(torch.stack([rank(coarse), rank(attr)]))[0, 1] > 0.8
+
+
+def test_drops_to_map_is_mean_over_covering_windows():
+    drops = torch.tensor([[1., 2.], [3., 4.]])
+    m = drops_to_map(drops, (6, 6), (4, 4), (2, 2))
+    assert m[0, 0] == 1 and m[2, 2] == 2.5 and m[5, 5] == 4 and m[2, 0] == 2
+
+
+def test_bad_inputs(dls):
+    learn = make_learner(dls, 'plain')
+    item = dls.valid_ds[0]
+    with pytest.raises(CnnTricksError, match='larger than the image'): learn.occlusion_map(item, window=64, show=False)
+    with pytest.raises(CnnTricksError, match='stride'): learn.occlusion_map(item, stride=0, show=False)
+    with pytest.raises(CnnTricksError, match='not an image'): learn.occlusion_map({'a': 1}, show=False)
+    with pytest.raises(CnnTricksError, match='not an image file'): learn.show_feature_maps('missing.png', '1', show=False)
+    with pytest.raises(CnnTricksError, match='0..9'): learn.occlusion_map(item, target=10, show=False)
+    gray = torch.rand(1, 1, SIZE, SIZE)
+    with pytest.warns(UserWarning, match='3 channels'):
+        a, _, _ = learn.occlusion_map(gray, window=8, stride=8, progress=False, show=False)
+    assert a.shape == (SIZE, SIZE)
+    img = torch.rand(3, SIZE, SIZE); before = img.clone()
+    learn.occlusion_map(img, window=8, stride=8, progress=False, show=False)
+    assert torch.equal(img, before)  # the input image is not modified
+
+
+# --- the model is left exactly as found ----------------------------------------------------------------------
+
+@pytest.mark.parametrize('arch', list(ARCHS) + ['plain'])
+def test_model_left_as_found(dls, arch):
+    learn = make_learner(dls, arch)
+    unsettle(learn.model)
+    layer = ARCHS[arch][0] if arch in ARCHS else '1'
+    snap, st = model_snapshot(learn.model), state(learn.model)
+    item = dls.valid_ds[1]
+    learn.layer_names('all')
+    learn.show_filters(show=False)
+    learn.show_feature_maps(item, layer, show=False)
+    learn.maximize_unit(layer, [0, 1], steps=2, size=SIZE, progress=False, show=False)
+    learn.occlusion_map(item, window=16, stride=8, faithfulness=True, progress=False, show=False)
+    assert_as_found(learn.model, snap, st)
+
+
+@pytest.mark.parametrize('method', ['maximize_unit', 'occlusion_map', 'top_activating', 'show_feature_maps'])
+def test_model_left_as_found_when_a_call_raises_midway(dls, method):
+    learn = make_learner(dls, 'resnet10t')
+    unsettle(learn.model)
+    calls = []
+    def boom(m, i, o):
+        calls.append(1)
+        if len(calls) >= 3 or method == 'show_feature_maps': raise RuntimeError('boom')
+    h = learn.model.layer1.register_forward_hook(boom)
+    snap, st = model_snapshot(learn.model), state(learn.model)
+    item = dls.valid_ds[1]
+    with pytest.raises(RuntimeError, match='boom'):
+        if method == 'maximize_unit': learn.maximize_unit('layer3', 1, steps=5, size=SIZE, progress=False, show=False)
+        elif method == 'occlusion_map': learn.occlusion_map(item, window=8, stride=4, batch_size=4, progress=False, show=False)
+        elif method == 'top_activating': learn.top_activating('layer3', 1, progress=False, show=False)
+        else: learn.show_feature_maps(item, 'layer3', show=False)
+    assert_as_found(learn.model, snap, st)  # the test's own hook is still there, none of ours is
+    h.remove()
+
+
+def test_memory_format_restores_the_very_tensors():
+    m = plain_cnn()
+    ptrs = [(p.data_ptr(), p.stride()) for p in m.parameters()]
+    with pytest.raises(RuntimeError):
+        with memory_format(m):
+            assert m[0].weight.is_contiguous(memory_format=torch.channels_last)
+            raise RuntimeError
+    assert [(p.data_ptr(), p.stride()) for p in m.parameters()] == ptrs
+
+
+@pytest.mark.gpu
+def test_runs_on_cuda(dls):
+    learn = make_learner(dls, 'resnet10t')
+    learn.model.cuda()
+    snap, st = model_snapshot(learn.model), state(learn.model)
+    a, _, _ = learn.occlusion_map(dls.valid_ds[0], window=8, stride=4, progress=False, show=False)
+    imgs, _ = learn.maximize_unit('layer2', [0, 1], steps=3, size=SIZE, progress=False, show=False)
+    assert a.shape == (SIZE, SIZE) and imgs.shape == (2, 3, SIZE, SIZE)
+    assert_as_found(learn.model, snap, st)
