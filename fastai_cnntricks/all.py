@@ -5,3 +5,4 @@ from .transfer import *
 from .augment import *
 from .interpret import *
 from .report import *
+from .demo import *

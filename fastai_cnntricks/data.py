@@ -72,7 +72,7 @@ def array_dls(images, labels, size=64, valid_pct=0.25, valid_idxs=None, bs=64, s
         raise CnnTricksError(f"valid_pct={valid_pct!r} is not valid; it must lie strictly between 0 and 1")
     splitter = IndexSplitter(valid_idxs) if valid_idxs is not None else RandomSplitter(valid_pct, seed=seed)
     item_tfms = [Resize(size)] + list(item_tfms or [])
-    dblock = DataBlock(blocks=(ImageBlock, CategoryBlock(vocab=names or [str(c) for c in np.unique(labels)])),
+    dblock = DataBlock(blocks=(ImageBlock, CategoryBlock(vocab=names or [str(c) for c in np.unique(labels)], sort=False)),
                        get_x=ArrayImage(images), get_y=ArrayLabel(labels, names), splitter=splitter,
                        item_tfms=item_tfms, batch_tfms=batch_tfms)
     return dblock.dataloaders(list(range(len(labels))), bs=bs, **kwargs)

@@ -1,0 +1,60 @@
+"`cnntricks demo`: a report and metrics on success; one clear line and exit code 2 on bad input."
+import json
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from fastai_cnntricks.data import digits_arrays
+
+from fastai_cnntricks.cli import main
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, '-m', 'fastai_cnntricks.cli', *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_bad_arch_one_line_exit_2():
+    r = run_cli('demo', '--arch', 'resnet_nope', '--quiet')  # a real process: exit code and stderr as a user sees them
+    assert r.returncode == 2, r.stderr
+    assert 'unknown arch' in r.stderr and 'Traceback' not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize('args, match', [
+    (['--arch', 'efficientnet_lite'], 'did you mean'),
+    (['--data', '/no/such/dir'], "neither 'digits'"),
+    (['--epochs', '0'], 'epochs=0'),
+    (['--size', '-3'], 'size=-3'),
+])
+def test_bad_input_exit_2(args, match, capsys):
+    assert main(['demo', *args, '--quiet']) == 2
+    err = capsys.readouterr().err
+    assert match in err and len(err.strip().splitlines()) == 1
+
+
+def test_empty_folder_and_unreadable_image(tmp_path, capsys):
+    (tmp_path/'empty').mkdir()
+    assert main(['demo', '--data', str(tmp_path/'empty'), '--quiet']) == 2
+    assert 'no images found' in capsys.readouterr().err
+    (tmp_path/'bad'/'a').mkdir(parents=True); (tmp_path/'bad'/'b').mkdir()
+    (tmp_path/'bad'/'a'/'x.png').write_bytes(b'garbage')
+    assert main(['demo', '--data', str(tmp_path/'bad'), '--quiet']) == 2
+    assert 'unreadable' in capsys.readouterr().err
+
+
+def test_demo_writes_report(tmp_path):
+    x, y = digits_arrays()  # a small ImageFolder of real digits keeps this test quick
+    for i in range(80):
+        (tmp_path/'data'/str(y[i])).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(x[i]).save(tmp_path/'data'/str(y[i])/f'{i}.png')
+    out = tmp_path/'report'
+    rc = main(['demo', '--data', str(tmp_path/'data'), '--epochs', '1', '--size', '32', '--out', str(out), '--quiet'])
+    assert rc == 0
+    page = (out/'index.html').read_text()
+    for title in ('Final metrics', 'Training', 'Parameter groups and learning rates', 'Confusion matrix'):
+        assert f'<h2>{title}' in page
+    m = json.loads((out/'metrics.json').read_text())
+    assert m['n_train'] == 64 and 0 <= m['accuracy'] <= 1 and m['epochs'] == 1
