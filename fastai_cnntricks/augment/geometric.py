@@ -76,6 +76,8 @@ def fill_sample(x: torch.Tensor, coords: torch.Tensor, mode='bilinear', fill_mod
     """`F.grid_sample` of `x` at `coords` with any of `FILL_MODES`, still one sampling pass: 'wrap' folds the
     coordinates modulo the size, 'constant' samples `x - cval` with zero padding and adds `cval` back."""
     check_choice('fill_mode', fill_mode, FILL_MODES)
+    # plain tensors: fastai's tensor subclasses would send every op through __torch_function__
+    x, coords = x.as_subclass(torch.Tensor), coords.as_subclass(torch.Tensor)
     if fill_mode == 'wrap' or (fill_mode == 'reflect' and align_corners):
         h, w = x.shape[-2:]
         coords = torch.stack([_remap_axis(coords[..., 0], w, fill_mode, align_corners),
@@ -198,7 +200,7 @@ class AffineFill(AffineCoordTfm):
         h, w = x.shape[-2:]
         size = (h, w) if self.size is None else (self.size, self.size) if isinstance(self.size, int) else self.size
         if self.split_idx and tuple(size) == (h, w): return x  # validation: nothing to resample
-        coords = affine_grid_fast(self.mat.to(x.dtype), x.shape[:2] + tuple(size), self.align_corners)
+        coords = affine_grid_fast(self.mat.as_subclass(torch.Tensor).to(x.dtype), x.shape[:2] + tuple(size), self.align_corners)
         if len(self.coord_fs) and not self.split_idx:
             from fasttransform import compose_tfms
             coords = compose_tfms(coords, tfms=self.coord_fs)
