@@ -79,13 +79,18 @@ def array_dls(images, labels, size=64, valid_pct=0.25, valid_idxs=None, bs=64, s
 
 
 def digits_dls(size=64, valid_pct=0.25, bs=64, seed=42, n_per_class=None, **kwargs):
-    "scikit-learn's digits (1,797 real 8x8 handwritten digits) as fastai DataLoaders at `size` px."
+    """scikit-learn's digits (1,797 real 8x8 handwritten digits) as fastai DataLoaders at `size` px.
+    `valid_pct` of the items validate; `n_per_class` keeps only that many training images per class (few-shot),
+    with the same validation set for every budget."""
     x, y = digits_arrays()
-    if n_per_class:  # few-shot training set; every other item validates
-        train = few_shot_idxs(y, n_per_class, seed)
-        return array_dls(x, y, size, valid_idxs=np.setdiff1d(np.arange(len(y)), train).tolist(), bs=bs,
-                         seed=seed, **kwargs)
-    return array_dls(x, y, size, valid_pct=valid_pct, bs=bs, seed=seed, **kwargs)
+    if not 0 < valid_pct < 1:
+        raise CnnTricksError(f"valid_pct={valid_pct!r} is not valid; it must lie strictly between 0 and 1")
+    perm = np.random.default_rng(seed).permutation(len(y))
+    n_valid = round(len(y) * valid_pct)
+    valid, train = np.sort(perm[:n_valid]), perm[n_valid:]
+    if n_per_class: train = train[few_shot_idxs(y[train], n_per_class, seed)]
+    keep = np.concatenate([np.sort(train), valid])
+    return array_dls(x[keep], y[keep], size, valid_idxs=list(range(len(train), len(keep))), bs=bs, seed=seed, **kwargs)
 
 
 def fashion_mnist_dls(size=64, n_per_class=None, n_valid=2000, bs=64, seed=42, path=FASHION_MNIST_DIR, **kwargs):

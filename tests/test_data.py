@@ -36,7 +36,11 @@ def test_few_shot():
     idx = few_shot_idxs(y, 5, seed=1)
     assert np.bincount(y[idx]).tolist() == [5] * 10
     dls = digits_dls(size=16, n_per_class=3, bs=8)
-    assert len(dls.train_ds) == 30 and len(dls.valid_ds) == 1797 - 30
+    assert len(dls.train_ds) == 30 and len(dls.valid_ds) == 449  # the same validation set as the full data
+    full = digits_dls(size=16, bs=8)
+    for i in range(0, 449, 50):
+        assert np.array_equal(np.array(dls.valid_ds[i][0]), np.array(full.valid_ds[i][0]))
+        assert dls.valid_ds[i][1] == full.valid_ds[i][1]
 
 
 @needs_fashion
