@@ -1,0 +1,102 @@
+"Discriminative learning rates: per-group LRs that decay from the head down, as values or as a callback over any schedule."
+from __future__ import annotations
+
+import numpy as np
+from fastai.callback.core import Callback
+from fastai.learner import Learner
+
+from ..core import CnnTricksError
+
+__all__ = ['layer_decay_lrs', 'LRScaler', 'DiscriminativeLR', 'ScheduleRecorder', 'ScheduleLog']
+
+
+def _check_decay(decay):
+    if not isinstance(decay, (int, float)) or isinstance(decay, bool) or not 0 < decay <= 1:
+        raise CnnTricksError(f"decay={decay!r} is not valid; it must be a number in (0, 1] "
+                             "(ULMFiT uses 1/2.6 ~ 0.38, ConvNeXt/BEiT 0.7-0.8; 1 means no decay)")
+    return decay
+
+
+def _n_groups(learn):
+    return len(learn.opt.param_lists) if learn.opt is not None else len(learn.splitter(learn.model))
+
+
+def layer_decay_lrs(learn: Learner, lr: float, decay: float) -> np.ndarray:
+    "Per-group LRs `lr * decay**(n_groups-1-i)`: the head gets `lr`, each group below `decay` times the one above; pass as `lr_max`."
+    if not isinstance(lr, (int, float)) or lr <= 0: raise CnnTricksError(f"lr={lr!r} is not valid; it must be a number > 0")
+    _check_decay(decay)
+    n = _n_groups(learn)
+    return lr * decay ** np.arange(n - 1, -1, -1, dtype=float)
+
+
+class ScheduleLog:
+    "What trained when: per optimizer step, the position in epochs, each group's effective LR and trainable fraction."
+    def __init__(self, names): self.names, self.pos, self.lrs, self.trainable = list(names), [], [], []
+    def __len__(self): return len(self.pos)
+    def as_arrays(self): return np.array(self.pos), np.array(self.lrs), np.array(self.trainable)
+
+
+class LRScaler(Callback):
+    """Base for callbacks that multiply each group's LR by `group_factors()` for the optimizer step only, on top of
+    whatever ParamScheduler set (the factors of every LRScaler multiply; the first one applies and restores them, so
+    nothing compounds from batch to batch). It also writes `learn.schedule_log` for `plot_schedule`."""
+    order = 65
+
+    def group_factors(self):
+        "Per-group LR factors now (None for all ones)."
+        return None
+
+    def _is_first(self): return next(cb for cb in self.learn.cbs.sorted('order') if isinstance(cb, LRScaler)) is self
+
+    def before_fit(self): self._fit_started = False
+
+    def before_train(self):
+        if getattr(self, '_fit_started', False) or not self._is_first(): return
+        from .groups import group_names
+        self._fit_started = True
+        self.learn.schedule_log = ScheduleLog(group_names(self.learn))
+
+    def before_step(self):
+        if not self._is_first(): return
+        hypers = self.opt.hypers
+        f = np.ones(len(hypers))
+        for cb in self.learn.cbs:
+            if isinstance(cb, LRScaler):
+                g = cb.group_factors()
+                if g is not None: f = f * np.asarray(g, dtype=float)
+        self._orig = [h['lr'] for h in hypers]
+        for h, lr, k in zip(hypers, self._orig, f): h['lr'] = lr * k
+        log = getattr(self.learn, 'schedule_log', None)
+        if log is not None:
+            log.pos.append(self.epoch + self.iter / max(self.n_iter, 1))
+            log.lrs.append([h['lr'] for h in hypers])
+            log.trainable.append([float(np.mean([p.requires_grad for p in g])) if len(g) else 0.
+                                  for g in self.opt.param_lists])
+
+    def _restore(self):
+        orig = getattr(self, '_orig', None)
+        if orig is None: return
+        for h, lr in zip(self.opt.hypers, orig): h['lr'] = lr
+        self._orig = None
+
+    def after_step(self): self._restore()
+    def after_fit(self): self._restore()
+
+
+class ScheduleRecorder(LRScaler):
+    "Records `learn.schedule_log` (per-group LRs and trainable groups) in any fit, without changing anything."
+
+
+class DiscriminativeLR(LRScaler):
+    "Multiply group i's LR by `decay**(n_groups-1-i)` on top of whatever schedule runs (`fit_one_cycle`, `fit_flat_cos`, ...)."
+    def __init__(self, decay: float = 0.7):  # factor between a group and the one above it; the head keeps the LR
+        self.decay = _check_decay(decay)
+
+    def before_fit(self):
+        super().before_fit()
+        others = [cb for cb in self.learn.cbs if isinstance(cb, DiscriminativeLR) and cb is not self]
+        if others: raise CnnTricksError("two DiscriminativeLR callbacks would multiply their decays; keep one")
+
+    def group_factors(self):
+        n = len(self.opt.hypers)
+        return self.decay ** np.arange(n - 1, -1, -1, dtype=float)
