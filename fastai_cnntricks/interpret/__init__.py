@@ -9,3 +9,4 @@ from .featvis_objectives import *
 from .featvis import *
 from .memformat import *
 from .occlusion import *
+from .report_section import *

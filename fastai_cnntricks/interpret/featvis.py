@@ -128,6 +128,7 @@ def top_activating(self: Learner, layer,  # dotted layer name or module
                    k: int = 9,  # images per unit
                    dl=None,  # DataLoader to search (default: the validation set, in its fixed order)
                    synth: torch.Tensor | None = None,  # e.g. maximize_unit's images, shown first in each row
+                   max_batches: int | None = None,  # search only the first batches (a quick look)
                    progress: bool = True, show: bool = True):
     """The `k` images of `dl` with the highest mean activation of each unit. Returns (indices (U, k) into the
     DataLoader's items, activations (U, k), images (U, k, 3, H, W) in [0, 1], Figure)."""
@@ -139,7 +140,8 @@ def top_activating(self: Learner, layer,  # dotted layer name or module
     scores = []
     with preserve_model(model), torch.no_grad():
         model.eval()
-        for b in (progress_bar(dl, leave=False) if progress else dl):
+        for i, b in enumerate(progress_bar(dl, leave=False) if progress else dl):
+            if max_batches is not None and i >= max_batches: break
             maps = run_objective(model, Objective(None, [name]), torch.as_tensor(b[0]).as_subclass(torch.Tensor))[name]
             if not scores:
                 bad = [u for u in units if not 0 <= u < maps.shape[1]]

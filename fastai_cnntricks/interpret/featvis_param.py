@@ -4,6 +4,7 @@ decorrelated colour space and a sigmoid to valid RGB in [0, 1] (Olah et al., Dis
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from ..core import CnnTricksError, check_choice
 
@@ -37,7 +38,8 @@ def to_valid_rgb(image_fn, decorrelate=True):
     def image():
         img = image_fn()
         if decorrelate:
-            img = torch.einsum('bchw,dc->bdhw', img, _COLOR_NORMALIZED.to(img.device, img.dtype))
+            # a 1x1 convolution: the same colour matrix product, far faster than einsum's bmm on CPU
+            img = F.conv2d(img, _COLOR_NORMALIZED.to(img.device, img.dtype)[:, :, None, None])
         return torch.sigmoid(img)
     return image
 

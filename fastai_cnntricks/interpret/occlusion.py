@@ -50,6 +50,11 @@ def occlusion_baseline(x: torch.Tensor, baseline, stats=None, window=16) -> torc
     raise CnnTricksError(f"baseline={baseline!r} is not valid; use 'black', 'mean', 'blur', a number or a tensor")
 
 
+def _in_format(x, channels_last):
+    "`x` in the memory format the model runs in (mixing formats costs a conversion in every convolution)."
+    return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
 def _score(logits, target, output):
     return (logits.float().softmax(1) if output == 'prob' else logits.float())[:, target]
 
@@ -75,14 +80,14 @@ def auto_batch_size(model, x, cap=None) -> int:
 
 
 def occlusion_drops(model, x, base, target, window=(16, 16), stride=(8, 8), output='prob', batch_size=64,
-                    todo=None, progress=True):
+                    todo=None, progress=True, channels_last=True):
     """Target score of `x` minus that with each window replaced by `base`; -> (score of x, drops (nh, nw)).
-    `todo` (nh, nw) bool: evaluate only these windows (others are NaN). Perturbed batches are built channels-last
-    in one vectorized `where` (no per-window Python loop)."""
+    `todo` (nh, nw) bool: evaluate only these windows (others are NaN). Perturbed batches are built in one
+    vectorized `where` (no per-window Python loop), in the memory format the model runs in."""
     _, c, h, w = x.shape
     ys, xs = window_starts(h, window[0], stride[0]).to(x.device), window_starts(w, window[1], stride[1]).to(x.device)
     with torch.no_grad():
-        score = _score(model(x.contiguous(memory_format=torch.channels_last)), target, output)[0]
+        score = _score(model(_in_format(x, channels_last)), target, output)[0]
         todo = torch.ones(len(ys), len(xs), dtype=torch.bool, device=x.device) if todo is None else todo.to(x.device)
         pos = todo.nonzero()
         x_hwc, base_hwc = x.permute(0, 2, 3, 1), base.expand_as(x).permute(0, 2, 3, 1)
@@ -94,7 +99,8 @@ def occlusion_drops(model, x, base, target, window=(16, 16), stride=(8, 8), outp
             rows = (hh >= y0) & (hh < y0 + window[0])
             cols = (ww >= x0) & (ww < x0 + window[1])
             mask = (rows[:, :, None] & cols[:, None, :])[..., None]  # (B, H, W, 1)
-            xb = torch.where(mask, base_hwc, x_hwc).permute(0, 3, 1, 2)  # NCHW view of NHWC memory
+            xb = torch.where(mask, base_hwc, x_hwc).permute(0, 3, 1, 2)  # NCHW view of NHWC (channels-last) memory
+            if not channels_last: xb = xb.contiguous()
             drops[p[:, 0], p[:, 1]] = score - _score(model(xb), target, output)
     return score, drops
 
@@ -140,24 +146,27 @@ def occlusion_attribution(model, x, target=None, window=16, stride=8, baseline=0
         model.eval()
         base = occlusion_baseline(x, baseline, stats, window[0])
         if hasattr(target, '__index__') and not isinstance(target, bool): target = int(target)
-        n_out = model(x.contiguous(memory_format=torch.channels_last)).shape[1] if target is not None else None
-        if target is None: target = int(model(x).argmax(1)[0])
+        n_out = model(_in_format(x, channels_last)).shape[1] if target is not None else None
+        if target is None: target = int(model(_in_format(x, channels_last)).argmax(1)[0])
         elif not isinstance(target, int) or isinstance(target, bool) or not 0 <= target < n_out:
             raise CnnTricksError(f"target={target!r} is not valid; pass a class index 0..{n_out - 1} or None")
         bs = batch_size or auto_batch_size(model, x)
         check_positive('batch_size', bs)
         nh, nw = len(window_starts(h, window[0], stride[0])), len(window_starts(w, window[1], stride[1]))
         if refine is None:
-            score, drops = occlusion_drops(model, x, base, target, window, stride, output, bs, None, progress)
+            score, drops = occlusion_drops(model, x, base, target, window, stride, output, bs, None, progress,
+                                           channels_last)
         else:
             iy, ix = torch.arange(nh)[:, None], torch.arange(nw)[None]
             coarse = ((iy % 2 == 0) | (iy == nh - 1)) & ((ix % 2 == 0) | (ix == nw - 1))
-            score, drops = occlusion_drops(model, x, base, target, window, stride, output, bs, coarse, progress)
+            score, drops = occlusion_drops(model, x, base, target, window, stride, output, bs, coarse, progress,
+                                           channels_last)
             done = coarse.to(drops.device)
             est, spread = _refine_estimate(drops, done)
             todo = ~done & (spread > refine * (drops[done].max() - drops[done].min()))
             if todo.any():
-                _, fine = occlusion_drops(model, x, base, target, window, stride, output, bs, todo, False)
+                _, fine = occlusion_drops(model, x, base, target, window, stride, output, bs, todo, False,
+                                          channels_last)
                 drops = torch.where(todo, fine, drops)
             drops = torch.where(torch.isnan(drops), est, drops)
     return drops_to_map(drops, (h, w), window, stride).cpu(), target, float(score)
@@ -176,7 +185,7 @@ def faithfulness_curves(model, x, attr, target, base, output='prob', steps=16, c
         base = base.expand_as(x)
         dele = torch.where(top, base, x)
         ins = torch.where(top, x, base)
-        scores = _score(model(torch.cat([dele, ins]).contiguous(memory_format=torch.channels_last)), target, output)
+        scores = _score(model(_in_format(torch.cat([dele, ins]), channels_last)), target, output)
     d, i = scores[:steps + 1].cpu(), scores[steps + 1:].cpu()
     f = fracs.cpu()
     return dict(fractions=f, deletion=d, insertion=i, deletion_auc=float(torch.trapezoid(d, f)),

@@ -1,0 +1,166 @@
+"""Benchmark the interpretation wing against its anchors, side by side in one run:
+occlusion_map vs captum.attr.Occlusion (1 and our batch size per eval) vs the bare batched forward passes, and
+maximize_unit vs Lucent's render_vis (torch-lucent 0.1.8, when importable), plus several units in one call.
+
+    .venv/bin/python bench/interpret.py [--quick] [--device cpu|cuda]
+"""
+from __future__ import annotations
+import argparse, copy, datetime, os, platform, sys, time
+from pathlib import Path
+
+import torch
+import timm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from fastai_cnntricks.interpret import (occlusion_attribution, occlusion_drops, window_starts, render, channel,
+                                        memory_format)
+from fastai_cnntricks.interpret.occlusion import auto_batch_size
+
+IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+def sync(dev):
+    if dev.type == 'cuda': torch.cuda.synchronize()
+
+
+def timed(fn, dev, repeat=1):
+    "Best wall time of `repeat` runs (seconds) and the last result."
+    best, out = float('inf'), None
+    for _ in range(repeat):
+        sync(dev); t = time.perf_counter(); out = fn(); sync(dev)
+        best = min(best, time.perf_counter() - t)
+    return best, out
+
+
+def machine():
+    cpu = next((l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name')), '?') \
+        if os.path.exists('/proc/cpuinfo') else platform.processor()
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ''
+    return (f"{platform.platform()}, Python {platform.python_version()}, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads, CPU {cpu}{gpu}")
+
+
+def perturbed_batches(x, window, stride, bs, channels_last):
+    "The same perturbed images occlusion_map builds (baseline 0), made ahead of time for the bare-forward row."
+    _, _, h, w = x.shape
+    ys, xs = window_starts(h, window, stride), window_starts(w, window, stride)
+    out = []
+    pos = torch.cartesian_prod(torch.arange(len(ys)), torch.arange(len(xs))).split(bs)
+    for p in pos:
+        xb = x.repeat(len(p), 1, 1, 1)
+        for i, (a, b) in enumerate(p.tolist()): xb[i, :, ys[a]:ys[a] + window, xs[b]:xs[b] + window] = 0
+        out.append(xb.contiguous(memory_format=torch.channels_last) if channels_last else xb)
+    return out
+
+
+def bench_occlusion(arch, size, dev, rows, window=16, stride=8, ppe1=True):
+    from captum.attr import Occlusion
+    model = timm.create_model(arch, pretrained=False, num_classes=1000).eval().to(dev)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 3, size, size, generator=g).to(dev)
+    n = len(window_starts(size, window, stride)) ** 2
+    bs = auto_batch_size(model, x)
+    with torch.no_grad():
+        target = int(model(x).argmax(1))
+        for cl in (False, True):  # warm-up: the first batches of a format pay one-off allocation/kernel setup
+            with memory_format(model, enabled=cl):
+                xb = x.repeat(bs, 1, 1, 1)
+                model(xb.contiguous(memory_format=torch.channels_last) if cl else xb)
+    occ = lambda **kw: occlusion_attribution(model, x, target, window, stride, 0., 'prob', bs, progress=False, **kw)
+    t_ours, (ours, _, _) = timed(lambda: occ(channels_last=True), dev)
+    t_ours_c, _ = timed(lambda: occ(channels_last=False), dev)
+    fwd = lambda z: model(z).softmax(1)
+    cap = Occlusion(fwd)
+    def captum_run(ppe):
+        with torch.no_grad():
+            return cap.attribute(x, sliding_window_shapes=(3, window, window), strides=(3, stride, stride),
+                                 baselines=0., target=target, perturbations_per_eval=ppe)
+    t_cap_bs, ref = timed(lambda: captum_run(bs), dev)
+    t_cap_1 = timed(lambda: captum_run(1), dev)[0] if ppe1 else float('nan')
+    def bare(batches):
+        with torch.no_grad():
+            for xb in batches: model(xb)
+    batches_c = perturbed_batches(x, window, stride, bs, False)
+    t_bare_c, _ = timed(lambda: bare(batches_c), dev)
+    del batches_c
+    with memory_format(model):
+        batches_cl = perturbed_batches(x, window, stride, bs, True)
+        t_bare_cl, _ = timed(lambda: bare(batches_cl), dev)
+    del batches_cl
+    t_ref, (coarse, _, _) = timed(lambda: occ(channels_last=True, refine=0.1), dev)
+    rank = lambda a: a.flatten().argsort().argsort().float()
+    rho = float(torch.corrcoef(torch.stack([rank(coarse), rank(ours)]))[0, 1])
+    err = float((ours - ref[0, 0].cpu()).abs().max() / ref.abs().max())
+    best_cap = min(t_cap_bs, t_cap_1)
+    rows.append(f"| occlusion {arch} {size}px, {n} windows, bs {bs} | captum ppe=1: {t_cap_1:.1f} s; "
+                f"captum ppe={bs}: {t_cap_bs:.1f} s | bare forwards: {t_bare_c:.1f} s contiguous, {t_bare_cl:.1f} s "
+                f"channels_last | occlusion_map: {t_ours:.1f} s channels_last ({n / t_ours:.1f} img/s), "
+                f"{t_ours_c:.1f} s contiguous | vs captum best {t_ours / best_cap:.2f}x; vs bare same format "
+                f"{t_ours / t_bare_cl:.2f}x (contiguous {t_ours_c / t_bare_c:.2f}x) | max rel. diff to captum "
+                f"{err:.1e}; coarse-to-fine (refine=0.1) {t_ref:.1f} s, Spearman {rho:.3f} |")
+    print(rows[-1], flush=True)
+
+
+def bench_featvis(size, steps, dev, rows, n_units=16, multi_steps=8):
+    model = timm.create_model('resnet18', pretrained=False).eval().to(dev)
+    stats = tuple(torch.tensor(s, device=dev).view(1, 3, 1, 1) for s in IMAGENET)
+    ours = lambda units, st: render(model, channel('layer3', units), len(units), size, st, stats=stats, seed=0,
+                                    progress=False)
+    t_ours, _ = timed(lambda: ours([5], steps), dev)
+    try:
+        import kornia, kornia.geometry.transform as kgt
+        kornia.get_rotation_matrix2d, kornia.warp_affine = kgt.get_rotation_matrix2d, kgt.warp_affine  # kornia>0.4
+        from lucent.optvis import render as lrender, param as lparam, transform as ltransform
+        lmodel = copy.deepcopy(model)  # Lucent leaves its hooks on the model it is given
+        lucent_run = lambda: lrender.render_vis(lmodel, 'layer3:5', lambda: lparam.image(size, fft=True, decorrelate=True),
+                                                transforms=ltransform.standard_transforms, thresholds=(steps,),
+                                                show_image=False, progress=False, fixed_image_size=size)
+        t_luc, _ = timed(lucent_run, dev)
+        rows.append(f"| maximize_unit resnet18 layer3:5, {size}px, {steps} steps, FFT+decorrelate, standard "
+                    f"transforms | Lucent render_vis: {t_luc / steps * 1e3:.0f} ms/step | maximize_unit: "
+                    f"{t_ours / steps * 1e3:.0f} ms/step | {t_ours / t_luc:.2f}x Lucent | Lucent called with "
+                    f"fixed_image_size={size} so both feed the model {size}px |")
+    except ImportError as e:
+        rows.append(f"| maximize_unit vs Lucent | skipped: lucent not importable ({e}); "
+                    "`pip install torch-lucent==0.1.8 --no-deps` to run it | maximize_unit: "
+                    f"{t_ours / steps * 1e3:.0f} ms/step | | |")
+    print(rows[-1], flush=True)
+    units = list(range(n_units))
+    t_one_batch, _ = timed(lambda: ours(units, multi_steps), dev)
+    t_single, _ = timed(lambda: ours([0], multi_steps), dev)
+    t_sep = t_single * n_units  # n separate calls cost n times one call (same work each)
+    rows.append(f"| {n_units} units, {size}px, {multi_steps} steps | {n_units} separate calls: {t_sep:.1f} s "
+                f"(1 call {t_single:.2f} s x {n_units}) | one call, one batch: {t_one_batch:.1f} s | "
+                f"{t_one_batch / t_sep:.2f}x separate calls; {t_one_batch / t_single:.1f}x one unit | |")
+    print(rows[-1], flush=True)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument('--quick', action='store_true', help='reduced sizes and steps')
+    ap.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    ap.add_argument('--out', default=str(Path(__file__).parent/'results'/'interpret.md'))
+    a = ap.parse_args()
+    dev = torch.device(a.device)
+    size = 64 if a.quick else 224
+    rows = []
+    t0 = time.time()
+    for arch in ('resnet18', 'tf_efficientnet_lite0'):
+        bench_occlusion(arch, size, dev, rows, ppe1=True)
+    bench_featvis(64 if a.quick else 128, 8 if a.quick else 32, dev, rows, multi_steps=4 if a.quick else 8)
+    cmd = 'python bench/interpret.py' + (' --quick' if a.quick else '') + f' --device {a.device}'
+    text = '\n'.join([
+        f"# Interpretation benchmark ({'quick' if a.quick else 'full'})", '',
+        f"Command: `{cmd}`  ", f"Date: {datetime.datetime.now().isoformat(timespec='seconds')}  ",
+        f"Machine: {machine()}  ", f"Device: {dev}; total run {time.time() - t0:.0f} s  ",
+        "Random weights (timing does not depend on them); baseline 0 in model-input space; window 16, stride 8. "
+        "The CPU was shared with other work during the run, so absolute times are noisy; ratios come from "
+        "back-to-back runs in one process.", '',
+        '| case | anchor | reference | ours | ratio | notes |', '|---|---|---|---|---|---|', *rows, ''])
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(text)
+    print(text)
+
+
+if __name__ == '__main__':
+    main()
