@@ -1,0 +1,201 @@
+"`InvarianceReport`: the results of `learn.invariance_check()` as a table, plots, safe magnitudes and suggested transforms."
+from __future__ import annotations
+import base64
+import html
+import io
+
+import numpy as np
+import pandas as pd
+import torch
+import matplotlib.pyplot as plt
+
+from ..core import CnnTricksError, check_positive, model_device
+
+__all__ = ['InvarianceReport']
+
+
+def _fmt(m): return f'{m:g}' if isinstance(m, (int, float)) else str(m)
+
+
+class InvarianceReport:
+    "Per (transform, magnitude): clean and augmented accuracy, affinity, flip rate, JS divergence, class transitions."
+    def __init__(self, sweep, keys, stats, ys, clean_preds, flips, vocab=None, source=None):
+        self.sweep, self.keys, self.stats, self.ys, self.clean_preds = sweep, keys, stats, ys, clean_preds
+        self.flips, self.source = flips, source or {}
+        self.n_classes = len(stats['n_y'])
+        self.vocab = [str(v) for v in vocab] if vocab is not None else [str(i) for i in range(self.n_classes)]
+        self.tfms = {ft.name: ft for ft, _ in sweep}
+        self.n = len(ys)
+        self.clean_acc = float((clean_preds == ys).mean())
+        self._index = {(ft.name, m): k for k, (ft, m) in enumerate(keys)}
+        self.table = pd.DataFrame([self.row(ft.name, m) for ft, ms in sweep for m in ms])
+
+    # -- numbers --------------------------------------------------------------------------------------------------
+    def _key(self, tfm, magnitude):
+        name = getattr(tfm, 'name', tfm)
+        if name not in self.tfms:
+            raise CnnTricksError(f"tfm={name!r} was not swept; swept: {', '.join(map(repr, self.tfms))}")
+        ft = self.tfms[name]
+        if ft.severity(magnitude) == 0: return name, None
+        if (name, magnitude) not in self._index:
+            ms = [m for f, ms in self.sweep if f.name == name for m in ms]
+            raise CnnTricksError(f"magnitude={magnitude!r} was not swept for {name!r}; swept: {ms}")
+        return name, self._index[(name, magnitude)]
+
+    def transitions(self, tfm, magnitude, top=5) -> pd.DataFrame:
+        """The most frequent class transitions among items whose prediction changed (true class -> new
+        prediction, corrections excluded): count, share of the true class's items, share of all changed items."""
+        name, k = self._key(tfm, magnitude)
+        cols = ['true', 'pred', 'count', 'of_class', 'of_flips']
+        if k is None: return pd.DataFrame(columns=cols)
+        C = self.n_classes
+        t = self.stats['trans'][k].reshape(C, C)
+        order = np.argsort(-t, axis=None)[:top]
+        rows = [(self.vocab[i // C], self.vocab[i % C], int(t.flat[i]), t.flat[i] / max(self.stats['n_y'][i // C], 1),
+                 t.flat[i] / max(self.stats['flips'][k], 1)) for i in order if t.flat[i] > 0]
+        return pd.DataFrame(rows, columns=cols)
+
+    def _transition_text(self, tfm, magnitude, top=3):
+        df = self.transitions(tfm, magnitude, top)
+        return ', '.join(f'{r.true} → {r.pred} ({r.of_class:.0%})' for r in df.itertuples())
+
+    def row(self, tfm, magnitude) -> dict:
+        "One line of `table`: the measures for `tfm` at `magnitude`."
+        name, k = self._key(tfm, magnitude)
+        ft = self.tfms[name]
+        if k is None: acc, fr, js, tt = self.clean_acc, 0., 0., ''
+        else:
+            acc, fr = self.stats['correct'][k] / self.n, self.stats['flips'][k] / self.n
+            js, tt = self.stats['js'][k] / self.n, self._transition_text(name, magnitude)
+        return dict(tfm=name, magnitude=magnitude, unit=ft.unit, clean_acc=self.clean_acc, acc=float(acc),
+                    affinity=float(acc - self.clean_acc), flip_rate=float(fr), js=float(js), top_transitions=tt,
+                    n_items=self.n)
+
+    def safe_magnitudes(self, max_drop=0.02, interpolate=False) -> dict:
+        """Per transform, the largest swept magnitude (going out from the neutral one) up to which the accuracy drop
+        stays within `max_drop` (a fraction: 0.02 = 2 points). `interpolate`: linearly between the last safe and
+        the first unsafe magnitude, where the drop crosses `max_drop`."""
+        check_positive('max_drop', max_drop, allow_zero=True)
+        res = {}
+        for ft, ms in self.sweep:
+            rows = [self.row(ft.name, m) for m in ms]  # ms: sorted by severity, neutral first
+            safe, nxt = rows[0], None
+            for r in rows[1:]:
+                if -r['affinity'] > max_drop + 1e-12: nxt = r; break
+                safe = r
+            m = safe['magnitude']
+            if interpolate and nxt is not None and nxt['affinity'] != safe['affinity']:
+                f = (-max_drop - safe['affinity']) / (nxt['affinity'] - safe['affinity'])
+                m = safe['magnitude'] + f * (nxt['magnitude'] - safe['magnitude'])
+            res[ft.name] = float(m)
+        return res
+
+    def suggest_tfms(self, max_drop=0.02) -> list:
+        "fastai batch transforms at the safe magnitudes (transforms that are never safe are left out)."
+        from .invariance_catalogue import suggested_tfms
+        return suggested_tfms(self.safe_magnitudes(max_drop), self.tfms)
+
+    # -- pictures -------------------------------------------------------------------------------------------------
+    def plot(self, tfms=None, max_drop=0.02, figsize=None):
+        """Affinity and flip rate against magnitude, one line per transform. Magnitudes have different units, so
+        the x axis is each transform's position in its own sweep (0 = neutral, 1 = its largest magnitude)."""
+        names = list(self.tfms) if tfms is None else [getattr(t, 'name', t) for t in tfms]
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=figsize or (12, 4))
+        for i, nm in enumerate(names):
+            df = self.table[self.table.tfm == nm]
+            sev = np.array([self.tfms[nm].severity(m) for m in df.magnitude])
+            x = sev / max(sev.max(), 1e-12)
+            lbl = f"{nm} (max {_fmt(df.magnitude.iloc[-1])}{self.tfms[nm].unit and ' ' + self.tfms[nm].unit})"
+            ls = '-' if i < 10 else '--'
+            a1.plot(x, df.affinity * 100, ls, marker='o', ms=3, label=lbl)
+            a2.plot(x, df.flip_rate * 100, ls, marker='o', ms=3, label=lbl)
+        if max_drop is not None: a1.axhline(-max_drop * 100, color='k', lw=.8, ls=':', label=f'-{max_drop:.0%} drop')
+        a1.set(xlabel='magnitude (fraction of the sweep)', ylabel='affinity (points)',
+               title=f'affinity = augmented - clean accuracy (clean {self.clean_acc:.1%})')
+        a2.set(xlabel='magnitude (fraction of the sweep)', ylabel='flip rate (%)', title='predictions changed')
+        for a in (a1, a2): a.grid(alpha=.3)
+        a2.legend(fontsize=7, loc='center left', bbox_to_anchor=(1, .5))
+        fig.tight_layout()
+        return fig
+
+    def _images(self, name, k, idxs):
+        "Clean and augmented image-space images of the items `idxs`, redrawn exactly as in the sweep."
+        from .invariance import _batches, _seeded
+        src = self.source
+        if 'dl' not in src: raise CnnTricksError("this report keeps no data; show_flips needs the report of a sweep")
+        ft, dev = self.tfms[name], model_device(src['learn'].model)
+        want, clean, aug, seen = set(idxs), {}, {}, 0
+        with torch.no_grad():
+            for bi, b in enumerate(_batches(src['dl'], src['n_items'])):
+                here = [i for i in range(len(b[0])) if seen + i in want]
+                if here:
+                    x = b[0].to(dev)
+                    with _seeded(ft, src['seed'] + 7919 * bi + k, dev): xa = ft(x, self.keys[k][1])
+                    for i in here: clean[seen + i], aug[seen + i] = x[i].cpu(), xa[i].cpu()
+                seen += len(b[0])
+                if len(clean) == len(want): break
+        return clean, aug
+
+    def show_flips(self, tfm, magnitude, k=9, ncols=3, figsize=None):
+        "Grid of up to `k` items whose prediction changed at `magnitude`: clean and augmented, with labels."
+        name, key = self._key(tfm, magnitude)
+        check_positive('k', k)
+        items = [] if key is None else self.flips[key][:k]
+        if not items:
+            fig, ax = plt.subplots(figsize=(4, 1)); ax.axis('off')
+            ax.text(.5, .5, f'no prediction changed under {name} at {_fmt(magnitude)}', ha='center', va='center')
+            return fig
+        clean, aug = self._images(name, key, [i for i, _ in items])
+        nrows = -(-len(items) // ncols)
+        fig, axs = plt.subplots(nrows, 2 * ncols, figsize=figsize or (2.6 * ncols, 1.45 * nrows + .4), squeeze=False)
+        for a in axs.flat: a.axis('off')
+        for j, (i, pa) in enumerate(items):
+            r, c = divmod(j, ncols)
+            y, pc = self.vocab[self.ys[i]], self.vocab[self.clean_preds[i]]
+            for a, img, title in ((axs[r, 2 * c], clean[i], f'true {y} · pred {pc}'),
+                                  (axs[r, 2 * c + 1], aug[i], f'→ {self.vocab[pa]}')):
+                a.imshow(img.float().clamp(0, 1).permute(1, 2, 0).squeeze(-1).numpy(), cmap='gray')
+                a.set_title(title, fontsize=8, color='k' if title.startswith('true') else 'firebrick')
+        fig.suptitle(f'{name} at {_fmt(magnitude)}{self.tfms[name].unit and " " + self.tfms[name].unit}: '
+                     f'{self.row(name, magnitude)["flip_rate"]:.1%} of predictions change', fontsize=9)
+        fig.tight_layout()
+        return fig
+
+    # -- text -----------------------------------------------------------------------------------------------------
+    def summary(self, max_drop=0.02) -> pd.DataFrame:
+        "Per transform: safe magnitude at `max_drop`, the worst magnitude's accuracy drop, flip rate and top transitions."
+        safe, rows = self.safe_magnitudes(max_drop), []
+        for ft, ms in self.sweep:
+            worst = self.row(ft.name, ms[-1])
+            rows.append(dict(tfm=ft.name, safe_magnitude=safe[ft.name], unit=ft.unit, worst_magnitude=ms[-1],
+                             worst_drop=-worst['affinity'], worst_flip_rate=worst['flip_rate'],
+                             top_transitions=worst['top_transitions']))
+        return pd.DataFrame(rows)
+
+    def worst(self):
+        "(transform name, magnitude) with the highest flip rate."
+        r = self.table.loc[self.table.flip_rate.idxmax()]
+        return r.tfm, r.magnitude
+
+    def to_html(self, max_drop=0.02, flips=True) -> str:
+        "The report as an HTML fragment (plot, summary, full table, flip examples, suggested transforms)."
+        def png(fig):
+            buf = io.BytesIO(); fig.savefig(buf, format='png', dpi=72, bbox_inches='tight'); plt.close(fig)
+            return f'<img alt="invariance" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}"/>'
+        fmt = dict(float_format=lambda v: f'{v:.3g}', index=False)
+        body = [f'<p>Clean accuracy {self.clean_acc:.1%} on {self.n} items; tolerance {max_drop:.0%} accuracy drop.</p>',
+                png(self.plot(max_drop=max_drop)), self.summary(max_drop).to_html(**fmt)]
+        if flips and len(self.keys):
+            name, m = self.worst()
+            body.append(f'<h3>Items whose prediction changed: {html.escape(name)} at {_fmt(m)}</h3>')
+            body.append(png(self.show_flips(name, m)))
+        sug = ''.join(f'<li><code>{html.escape(repr(t))[:200]}</code></li>' for t in self.suggest_tfms(max_drop))
+        body.append(f'<h3>Suggested transforms</h3><ul>{sug or "<li>none is safe</li>"}</ul>')
+        body.append(f'<details><summary>Full table</summary>{self.table.to_html(**fmt)}</details>')
+        return '\n'.join(body)
+
+    def _repr_html_(self): return self.to_html(flips=False)
+
+    def __repr__(self):
+        return (f'InvarianceReport({len(self.tfms)} transforms, {len(self.keys)} magnitudes, {self.n} items, '
+                f'clean accuracy {self.clean_acc:.3f})')
