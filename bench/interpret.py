@@ -142,7 +142,7 @@ def main():
     ap.add_argument('--out', default=str(Path(__file__).parent/'results'/'interpret.md'))
     a = ap.parse_args()
     dev = torch.device(a.device)
-    size = 64 if a.quick else 224
+    size = 96 if a.quick else 224
     rows = []
     t0 = time.time()
     for arch in ('resnet18', 'tf_efficientnet_lite0'):

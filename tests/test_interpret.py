@@ -28,7 +28,7 @@ def plain_cnn():
 
 
 ARCHS = {'resnet10t': ('layer2', {}), 'efficientnet_lite0': ('blocks.2', {}), 'convnext_atto': ('stages.1', {}),
-         'mobilenetv3_small_050': ('blocks.2', {}), 'vit_tiny_patch16_224': ('blocks.1', dict(img_size=SIZE, patch_size=8))}
+         'mobilenetv3_small_050': ('blocks.2', {}), 'vit_tiny_patch16_224': ('blocks.1', dict(img_size=SIZE, patch_size=8, depth=2))}
 
 
 def make_learner(dls, arch):
@@ -138,11 +138,14 @@ def test_parameterizations_and_transforms():
 
 
 def test_maximize_unit_batches_units_and_excites_them(dls):
+    torch.manual_seed(0)
     learn = make_learner(dls, 'plain')
     imgs, fig = learn.maximize_unit('0', [0, 5], steps=40, size=24, seed=0, lr=0.1, progress=False, show=False)
     assert imgs.shape == (2, 3, 24, 24) and imgs.min() >= 0 and imgs.max() <= 1
     with torch.no_grad():
         a = learn.model[0](imgs).mean((2, 3))  # (image, channel)
+        gray = learn.model[0](torch.full((1, 3, 24, 24), 0.5))[0].mean((1, 2))  # where the optimization starts
+    assert a[0, 0] > gray[0] and a[1, 5] > gray[5]
     assert a[0, 0] > a[1, 0] and a[1, 5] > a[0, 5]  # each image excites its own unit more than the other's
     with pytest.raises(CnnTricksError, match='8 channels'): learn.maximize_unit('1', 8, steps=1, show=False)
     with pytest.raises(CnnTricksError, match='10 outputs'):
@@ -171,7 +174,7 @@ def test_occlusion_equals_captum(window, stride, output, channels_last):
     import timm
     torch.manual_seed(0)
     model = timm.create_model('resnet10t', num_classes=10).eval()
-    x = torch.randn(1, 3, 36, 36)
+    x = torch.randn(1, 3, 32, 32)
     attr, target, _ = occlusion_attribution(model, x, None, window, stride, -0.5, output, batch_size=16,
                                             channels_last=channels_last, progress=False)
     fwd = (lambda z: model(z).softmax(1)) if output == 'prob' else model
@@ -237,8 +240,8 @@ def test_model_left_as_found(dls, arch):
     learn.layer_names('all')
     learn.show_filters(show=False)
     learn.show_feature_maps(item, layer, show=False)
-    learn.maximize_unit(layer, [0, 1], steps=2, size=SIZE, progress=False, show=False)
-    learn.occlusion_map(item, window=16, stride=8, faithfulness=True, progress=False, show=False)
+    learn.maximize_unit(layer, [0, 1], steps=1, size=SIZE, progress=False, show=False)
+    learn.occlusion_map(item, window=16, stride=16, faithfulness=True, progress=False, show=False)
     assert_as_found(learn.model, snap, st)
 
 

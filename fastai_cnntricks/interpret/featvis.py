@@ -6,7 +6,6 @@ import torch
 from fastai.learner import Learner
 from fastcore.basics import patch
 from fastprogress.fastprogress import progress_bar
-import matplotlib.pyplot as plt
 
 from ..core import CnnTricksError, check_choice, check_positive, get_layer, layer_name, model_device, preserve_model
 from .featvis_objectives import Objective, channel, neuron, logit, OUTPUT, diversity as diversity_objective
@@ -14,7 +13,7 @@ from .featvis_param import image_param
 from .featvis_transforms import get_transforms
 from .inputs import _stats, model_in_channels, to_display
 from .layers import capture, StopForward, as_maps
-from .plots import finish, to_hwc
+from .plots import finish, image_grid
 
 __all__ = ['run_objective', 'render']
 
@@ -110,14 +109,9 @@ def maximize_unit(self: Learner, layer,  # dotted layer name or module (ignored 
         imgs = render(model, obj, len(per_image), size, steps, param, decorrelate, transforms, lr, stats, seed,
                       progress)
     titles = [f'{"class" if objective == "logit" else "unit"} {u}' for u in per_image]
-    ncols = min(len(imgs), 8)
-    fig, axs = plt.subplots((len(imgs) + ncols - 1) // ncols, ncols, figsize=(1.8 * ncols, 1.9 * ((len(imgs) + ncols - 1) // ncols)),
-                            squeeze=False)
-    for ax in axs.flat: ax.axis('off')
-    for ax, im, t in zip(axs.flat, imgs, titles): ax.imshow(to_hwc(im)); ax.set_title(t, fontsize=8)
-    fig.suptitle(f"{'logits' if name == OUTPUT else name}: {obj.name if isinstance(objective, Objective) else objective}",
-                 fontsize=9)
-    fig.tight_layout()
+    what = obj.name if isinstance(objective, Objective) else objective
+    fig = image_grid(imgs, titles, ncols=min(len(imgs), 8), size=1.6,
+                     suptitle=f"{'logits' if name == OUTPUT else name}: {what}")
     return imgs, finish(fig, show)
 
 
@@ -157,13 +151,9 @@ def top_activating(self: Learner, layer,  # dotted layer name or module
     xb = self.dls.test_dl([dl.dataset[i][0] for i in flat]).one_batch()[0]
     imgs = to_display(self, torch.as_tensor(xb).as_subclass(torch.Tensor)).reshape(len(units), k, *xb.shape[1:])
     extra = synth is not None
-    fig, axs = plt.subplots(len(units), k + extra, figsize=(1.3 * (k + extra), 1.4 * len(units)), squeeze=False)
-    for r, u in enumerate(units):
-        if extra:
-            axs[r, 0].imshow(to_hwc(synth[r % len(synth)])); axs[r, 0].set_title(f'unit {u} (synthetic)', fontsize=7)
-        for c in range(k):
-            axs[r, c + extra].imshow(to_hwc(imgs[r, c])); axs[r, c + extra].set_title(f'{float(top[r, c]):.2f}', fontsize=7)
-    for ax in axs.flat: ax.axis('off')
-    fig.suptitle(f'{name}: top-{k} activating images', fontsize=9)
-    fig.tight_layout()
+    tiles, titles = [], []
+    for r, u in enumerate(units):  # one row per unit: [synthetic image,] top-k images with their activations
+        if extra: tiles.append(synth[r % len(synth)]); titles.append(f'unit {u}')
+        tiles += list(imgs[r]); titles += [f'{float(v):.2f}' for v in top[r]]
+    fig = image_grid(tiles, titles, ncols=k + extra, size=1.2, suptitle=f'{name}: top-{k} activating images')
     return idxs, top, imgs, finish(fig, show)

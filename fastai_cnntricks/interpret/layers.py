@@ -32,7 +32,6 @@ def model_input_size(learn, size=None):
     "Input (H, W) for a dry pass: `size`, else the DataLoaders' item size, else timm's config, else 224."
     if size is not None: return (size, size) if isinstance(size, int) else tuple(size)
     try:
-        ds = learn.dls.valid_ds if len(learn.dls.valid_ds) else learn.dls.train_ds
         x = learn.dls.valid.do_item(0)[0] if len(learn.dls.valid_ds) else None
         if x is not None and hasattr(x, 'shape'): return tuple(x.shape[-2:])
         if x is not None and hasattr(x, 'size'): return tuple(x.size[::-1])

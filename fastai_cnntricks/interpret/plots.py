@@ -23,23 +23,40 @@ def scale_each(x: torch.Tensor) -> torch.Tensor:
     return ((flat - lo) / (hi - lo).clamp_min(1e-12)).reshape(x.shape)
 
 
-def image_grid(imgs, titles=None, ncols=None, size=1.4, cmap='gray', suptitle=None, fig=None, axs=None):
-    "Show a list/batch of images on a grid; returns the Figure (grayscale for 1-channel or 2-D items)."
+def _rgb_tile(a, cmap, side):
+    "A tile as an RGB array of `side` x `side` px (grayscale through `cmap`, nearest-neighbour resize)."
+    a = np.asarray(a, dtype=np.float32)
+    if a.ndim == 2: a = plt.get_cmap(cmap)(np.clip(a, 0, 1))[..., :3]
+    h, w = a.shape[:2]
+    ys, xs = (np.arange(side) * h // side), (np.arange(side) * w // side)
+    return a[ys][:, xs]
+
+
+def image_grid(imgs, titles=None, ncols=None, size=1.4, cmap='gray', suptitle=None):
+    """Show a list/batch of images (values in [0, 1]) on a grid; returns the Figure. One mosaic on one Axes (grayscale
+    tiles through `cmap`) -- drawing dozens of subplots costs seconds, one image costs milliseconds."""
     n = len(imgs)
-    ncols = ncols or min(n, 8)
+    ncols = max(1, min(ncols or 8, n))
     nrows = max(1, math.ceil(n / ncols))
-    if axs is None:
-        fig, axs = plt.subplots(nrows, ncols, figsize=(ncols * size, nrows * size + (0.4 if suptitle else 0)),
-                                squeeze=False)
-    axs = np.asarray(axs).reshape(-1)
-    for i, ax in enumerate(axs):
-        ax.axis('off')
-        if i >= n: continue
-        a = to_hwc(imgs[i])
-        ax.imshow(a, cmap=cmap if a.ndim == 2 else None, interpolation='nearest')
-        if titles is not None: ax.set_title(str(titles[i]), fontsize=7)
-    if suptitle: fig.suptitle(suptitle, fontsize=9)
-    fig.tight_layout()
+    tiles = [to_hwc(im) for im in imgs]
+    side = max(max(t.shape[:2]) for t in tiles)
+    side = side * max(1, 48 // side)  # small kernels (3x3) are blown up so the mosaic stays crisp
+    gap = max(1, side // (4 if titles is not None else 16))  # room for the titles between rows
+    mosaic = np.ones((nrows * (side + gap) - gap, ncols * (side + gap) - gap, 3), dtype=np.float32)
+    for i, t in enumerate(tiles):
+        r, c = divmod(i, ncols)
+        mosaic[r * (side + gap): r * (side + gap) + side, c * (side + gap): c * (side + gap) + side] = \
+            _rgb_tile(t, cmap, side)
+    height = nrows * size * (1.15 if titles is not None else 1) + (0.4 if suptitle else 0)
+    fig, ax = plt.subplots(figsize=(ncols * size, height))
+    ax.imshow(mosaic, interpolation='nearest')
+    ax.axis('off')
+    if titles is not None:
+        for i, t in enumerate(titles[:n]):
+            r, c = divmod(i, ncols)
+            ax.text(c * (side + gap) + side / 2, r * (side + gap) - gap / 2, str(t), ha='center', va='bottom',
+                    fontsize=7)
+    if suptitle: ax.set_title(suptitle, fontsize=9, pad=12 if titles is not None else 4)
     return fig
 
 
