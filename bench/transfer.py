@@ -1,0 +1,234 @@
+"""Transfer-learning schedules on real few-shot data, against fastai's own `fine_tune` and a logistic regression on
+frozen features; a forgetting experiment; and the callbacks' overhead.
+
+    .venv/bin/python bench/transfer.py            # full: digits + Fashion-MNIST, 64 px, 10/30/100 per class, 3 seeds
+    .venv/bin/python bench/transfer.py --quick    # 1 seed, 10 and 100 per class, 32 px, fewer epochs
+    .venv/bin/python bench/transfer.py --device cuda
+Writes bench/results/transfer.md."""
+from __future__ import annotations
+import argparse
+import datetime
+import platform
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+warnings.filterwarnings('ignore')
+
+from fastai.vision.all import set_seed, accuracy  # noqa: E402
+from fastai_cnntricks.all import *  # noqa: E402,F403
+from fastai_cnntricks.transfer.head_init import train_features  # noqa: E402
+
+ARCH = 'tf_efficientnet_lite0'
+
+
+def machine():
+    cpu = next((l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name')), '?')
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'
+    return f"{platform.platform()}; torch {torch.__version__}; threads {torch.get_num_threads()}; CPU {cpu}; GPU {gpu}"
+
+
+def make_dls(dataset, n, size, seed, n_valid, device):
+    if dataset == 'digits':
+        x, y = digits_arrays()
+        tr = few_shot_idxs(y, n, seed)
+        rest = np.setdiff1d(np.arange(len(y)), few_shot_idxs(y, 100, 0) if n <= 100 else tr)
+        va = np.random.default_rng(123).permutation(rest)[:n_valid]  # fixed across budgets and seeds
+        idx = np.concatenate([tr, va])
+        return array_dls(x[idx], y[idx], size, valid_idxs=list(range(len(tr), len(idx))), bs=32, seed=seed, device=device,
+                         num_workers=0)
+    return fashion_mnist_dls(size, n_per_class=n, n_valid=n_valid, bs=32, seed=seed, device=device, num_workers=0)
+
+
+def new_learner(dls, pretrained='embedded'):
+    learn = timm_learner(dls, ARCH, pretrained=pretrained)
+    learn.remove_cb(learn.progress) if hasattr(learn, 'progress') else None
+    return learn
+
+
+def logreg_probe(learn):
+    "The anchor: scikit-learn logistic regression on the frozen body's features (BatchNorm in eval mode)."
+    from sklearn.linear_model import LogisticRegression
+    xtr, ytr = train_features(learn)
+    xva, yva = train_features(learn, learn.dls.valid)
+    clf = LogisticRegression(max_iter=2000, C=1.0).fit(xtr.numpy(), ytr.numpy())
+    return float((clf.predict(xva.numpy()) == yva.numpy()).mean())
+
+
+def run_method(name, dls, epochs):
+    "Train one way; return validation accuracy."
+    if name == 'from scratch':
+        learn = new_learner(dls, pretrained=False)
+        learn.fit_one_cycle(epochs, 3e-3)
+    else:
+        learn = new_learner(dls)
+        n = len(learn.opt.param_lists) if learn.opt else len(learn.splitter(learn.model))
+        if name == 'logistic regression (frozen features)': return logreg_probe(learn)
+        if name == 'linear probe (head only, BN eval)':
+            learn.fit_one_cycle(epochs, 1e-2, cbs=NormPolicy(affine=False))
+        elif name == 'fastai fine_tune':
+            learn.fine_tune(epochs - 1, 3e-3, freeze_epochs=1)  # equal epochs: 1 frozen + (epochs-1)
+        elif name == 'discriminative LR (0.7)':
+            learn.unfreeze(); learn.fit_one_cycle(epochs, 3e-3, cbs=DiscriminativeLR(0.7))
+        elif name == 'GradualUnfreeze':
+            learn.fit_one_cycle(epochs, 3e-3, cbs=[GradualUnfreeze(every=epochs / n), DiscriminativeLR(0.7)])
+        elif name == 'ChainThaw':
+            learn.fit_one_cycle(epochs, 3e-3, cbs=ChainThaw())
+        elif name == 'LPFT':
+            learn.fit_one_cycle(epochs, 3e-3, cbs=[LPFT(), DiscriminativeLR(0.7)])
+        elif name == 'fine_tune_gradual':
+            learn.fine_tune_gradual(epochs)
+        elif name == 'fine_tune_gradual + L2SP':
+            learn.fine_tune_gradual(epochs, l2sp=0.01)
+        else: raise ValueError(name)
+    return float(learn.validate()[1])
+
+
+METHODS = ['from scratch', 'logistic regression (frozen features)', 'linear probe (head only, BN eval)',
+           'fastai fine_tune', 'discriminative LR (0.7)', 'GradualUnfreeze', 'ChainThaw', 'LPFT',
+           'fine_tune_gradual', 'fine_tune_gradual + L2SP']
+
+
+def accuracy_table(args, log):
+    rows = {}
+    for ds in args.datasets:
+        for n in args.budgets:
+            for m in METHODS:
+                accs, secs = [], []
+                for seed in range(args.seeds):
+                    dls = make_dls(ds, n, args.size, seed, args.n_valid, args.device)
+                    set_seed(seed)
+                    t = time.time()
+                    with torch.random.fork_rng():
+                        accs.append(run_method(m, dls, args.epochs))
+                    secs.append(time.time() - t)
+                rows[(ds, n, m)] = (np.mean(accs), np.std(accs), np.mean(secs))
+                log(f"{ds} {n}/class {m}: {np.mean(accs):.3f} ± {np.std(accs):.3f} ({np.mean(secs):.0f} s)")
+    return rows
+
+
+def forgetting(args, log):
+    "Pretrain resnet10t on digits 0-4, transfer to 5-9 with few labels; retained 0-4 accuracy via the old head."
+    x, y = digits_arrays()
+    src = np.flatnonzero(y < 5)
+    rng = np.random.default_rng(0)
+    src_va = rng.permutation(src)[:200]
+    src_tr = np.setdiff1d(src, src_va)
+    dls_src = array_dls(x[np.concatenate([src_tr, src_va])], y[np.concatenate([src_tr, src_va])], 32,
+                        valid_idxs=list(range(len(src_tr), len(src))), bs=32, device=args.device, num_workers=0)
+    set_seed(0)
+    base = timm_learner(dls_src, 'resnet10t', pretrained=False)
+    base.remove_cb(base.progress)
+    base.fit_one_cycle(args.src_epochs, 3e-3)
+    src_acc0 = float(base.validate()[1])
+    state = {k: v.clone() for k, v in base.model.state_dict().items()}
+    old_head = base.model.get_classifier()
+    tgt = np.flatnonzero(y >= 5)
+    tr = np.concatenate([rng.permutation(tgt[y[tgt] == c])[:10] for c in range(5, 10)])
+    va = np.setdiff1d(tgt, tr)
+    idx = np.concatenate([tr, va])
+    out = {}
+    for name in ['plain fine-tuning', 'L2SP (alpha 0.1)', 'GradualUnfreeze']:
+        dls_t = array_dls(x[idx], y[idx], 32, valid_idxs=list(range(len(tr), len(idx))), bs=16, device=args.device, num_workers=0)
+        learn = timm_learner(dls_t, 'resnet10t', pretrained=False)
+        learn.remove_cb(learn.progress)
+        sd = {k: v for k, v in state.items() if not k.startswith('fc.')}
+        learn.model.load_state_dict(sd, strict=False)
+        import copy
+        head = copy.deepcopy(old_head)
+        src_dl = dls_src.valid
+        mon = DriftMonitor(source_dl=src_dl, source_head=head, per_group=False)
+        set_seed(0)
+        if name == 'plain fine-tuning':
+            learn.unfreeze(); learn.fit_one_cycle(args.epochs, 3e-3, cbs=mon)
+        elif name.startswith('L2SP'):
+            learn.unfreeze(); learn.fit_one_cycle(args.epochs, 3e-3, wd=0., cbs=[mon, L2SP(alpha=0.1, beta=0.)])
+        else:
+            learn.fit_one_cycle(args.epochs, 3e-3, cbs=[mon, GradualUnfreeze(every=args.epochs / 7),
+                                                        DiscriminativeLR(0.7)])
+        last = mon.history[-1]
+        out[name] = (float(learn.validate()[1]), last['source_acc'], last['feat_cka'], last['drift'])
+        log(f"forgetting {name}: new {out[name][0]:.3f} retained {out[name][1]:.3f}")
+    return src_acc0, out
+
+
+def overhead(args, log):
+    "Epoch time of a plain fit vs. the same fit with the schedule callbacks (everything trainable in both)."
+    dls = make_dls('digits', 100, args.size, 0, 100, args.device)
+    learn = new_learner(dls)
+    learn.unfreeze()
+    times = {'plain': [], 'callbacks': []}
+    n = len(learn.opt.param_lists) if learn.opt else 9
+    for rep in range(args.overhead_reps):
+        for k in ('plain', 'callbacks'):
+            cbs = [] if k == 'plain' else [GradualUnfreeze(schedule={0: 'all'}, norm=NormPolicy(stats='update')),
+                                           DiscriminativeLR(1.0)]
+            t = time.time()
+            learn.fit(1, 1e-4, cbs=cbs)
+            times[k].append(time.time() - t)
+    p, c = np.median(times['plain']), np.median(times['callbacks'])
+    log(f"overhead: plain {p:.2f}s callbacks {c:.2f}s")
+    return p, c
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('--quick', action='store_true')
+    ap.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    ap.add_argument('--out', default=str(Path(__file__).parent / 'results' / 'transfer.md'))
+    ap.add_argument('--shared', action='store_true', help='note that the machine was shared during the run')
+    ap.add_argument('--skip', nargs='*', default=[], help='parts to skip: accuracy forgetting overhead')
+    args = ap.parse_args()
+    if args.quick:
+        args.datasets, args.budgets, args.seeds, args.size, args.epochs = ['digits', 'fashion'], [10, 100], 1, 32, 5
+        args.n_valid, args.src_epochs, args.overhead_reps = 500, 5, 3
+    else:
+        args.datasets, args.budgets, args.seeds, args.size, args.epochs = ['digits', 'fashion'], [10, 30, 100], 3, 64, 10
+        args.n_valid, args.src_epochs, args.overhead_reps = 2000, 10, 5
+    lines = []
+    def log(s): print(s, flush=True)
+    t0 = time.time()
+    lines += [f"# Transfer-learning schedules ({'quick' if args.quick else 'full'} run)", '',
+              f"Command: `.venv/bin/python bench/transfer.py{' --quick' if args.quick else ''}`  ",
+              f"Date: {datetime.datetime.now():%Y-%m-%d %H:%M}  ", f"Machine: {machine()}  ",
+              f"Device: {args.device}; {args.size} px; {args.epochs} epochs; bs 32; {args.seeds} seed(s); "
+              f"validation: {args.n_valid} held-out images (digits: a fixed subset, Fashion-MNIST: the first test images)."]
+    if args.shared: lines.append('\n**The 2-core machine was shared with other work during this run: times are noisy.**')
+    if 'accuracy' not in args.skip:
+        rows = accuracy_table(args, log)
+        lines += ['', f'## Accuracy ({ARCH}, embedded ImageNet weights; mean ± sd over seeds; wall time per cell)', '',
+                  '| dataset | per class | method | accuracy | time (s) |', '|---|---|---|---|---|']
+        for (ds, n, m), (mu, sd, s) in rows.items():
+            lines.append(f'| {ds} | {n} | {m} | {mu:.3f} ± {sd:.3f} | {s:.0f} |')
+        lines += ['', '### fine_tune_gradual vs. the anchors', '', '| dataset | per class | fine_tune_gradual | fastai fine_tune | '
+                  'logistic regression | beats both |', '|---|---|---|---|---|---|']
+        for ds in args.datasets:
+            for n in args.budgets:
+                g, f, l = (rows[(ds, n, m)][0] for m in ('fine_tune_gradual', 'fastai fine_tune',
+                                                           'logistic regression (frozen features)'))
+                lines.append(f'| {ds} | {n} | {g:.3f} | {f:.3f} | {l:.3f} | {"yes" if g > f and g > l else "**no**"} |')
+    if 'forgetting' not in args.skip:
+        src0, out = forgetting(args, log)
+        lines += ['', '## Forgetting (resnet10t from scratch on digits 0-4, then 10 labels per class of 5-9, 32 px)', '',
+                  f'Source accuracy before transfer: {src0:.3f}', '',
+                  '| method | new task (5-9) | retained 0-4 (old head) | feature CKA vs start | mean weight drift |',
+                  '|---|---|---|---|---|']
+        for k, (new, ret, cka, dr) in out.items(): lines.append(f'| {k} | {new:.3f} | {ret:.3f} | {cka:.3f} | {dr:.3f} |')
+    if 'overhead' not in args.skip:
+        p, c = overhead(args, log)
+        lines += ['', '## Callback overhead (one epoch of digits, 100/class, everything trainable, median of '
+                  f'{args.overhead_reps})', '', '| plain fit (s) | with GradualUnfreeze + DiscriminativeLR + ScheduleLog (s) | ratio |',
+                  '|---|---|---|', f'| {p:.2f} | {c:.2f} | {c / p:.3f} |']
+    lines += ['', f'Total wall time: {time.time() - t0:.0f} s']
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text('\n'.join(lines) + '\n')
+    print('\n'.join(lines))
+
+
+if __name__ == '__main__':
+    main()
