@@ -140,26 +140,33 @@ def main():
     ap.add_argument('--quick', action='store_true', help='reduced sizes and steps')
     ap.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     ap.add_argument('--out', default=str(Path(__file__).parent/'results'/'interpret.md'))
+    ap.add_argument('--archs', default='resnet18,tf_efficientnet_lite0', help="occlusion models ('' for none)")
+    ap.add_argument('--size', type=int, default=None, help='occlusion image size (default 224, quick 96)')
+    ap.add_argument('--no-ppe1', action='store_true', help='skip captum with perturbations_per_eval=1 (slow)')
+    ap.add_argument('--no-featvis', action='store_true', help='skip maximize_unit vs Lucent')
     a = ap.parse_args()
     dev = torch.device(a.device)
-    size = 96 if a.quick else 224
+    size = a.size or (96 if a.quick else 224)
     rows = []
     t0 = time.time()
-    for arch in ('resnet18', 'tf_efficientnet_lite0'):
-        bench_occlusion(arch, size, dev, rows, ppe1=True)
-    bench_featvis(64 if a.quick else 128, 8 if a.quick else 32, dev, rows, multi_steps=4 if a.quick else 8)
-    cmd = 'python bench/interpret.py' + (' --quick' if a.quick else '') + f' --device {a.device}'
-    text = '\n'.join([
-        f"# Interpretation benchmark ({'quick' if a.quick else 'full'})", '',
-        f"Command: `{cmd}`  ", f"Date: {datetime.datetime.now().isoformat(timespec='seconds')}  ",
-        f"Machine: {machine()}  ", f"Device: {dev}; total run {time.time() - t0:.0f} s  ",
-        "Random weights (timing does not depend on them); baseline 0 in model-input space; window 16, stride 8. "
-        "The CPU was shared with other work during the run, so absolute times are noisy; ratios come from "
-        "back-to-back runs in one process.", '',
-        '| case | anchor | reference | ours | ratio | notes |', '|---|---|---|---|---|---|', *rows, ''])
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(text)
-    print(text)
+    cmd = 'python bench/interpret.py ' + ' '.join(sys.argv[1:])
+    def write():  # after every row, so a long run that is stopped keeps what it measured
+        text = '\n'.join([
+            f"# Interpretation benchmark ({'quick' if a.quick else 'full'})", '',
+            f"Command: `{cmd}`  ", f"Date: {datetime.datetime.now().isoformat(timespec='seconds')}  ",
+            f"Machine: {machine()}  ", f"Device: {dev}; run time so far {time.time() - t0:.0f} s  ",
+            "Random weights (timing does not depend on them); baseline 0 in model-input space; window 16, stride 8. "
+            "The CPU was shared with other work during the run (load average well above the 2 cores), so absolute "
+            "times are noisy; ratios come from back-to-back runs in one process.", '',
+            '| case | anchor | reference | ours | ratio | notes |', '|---|---|---|---|---|---|', *rows, ''])
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(text)
+        return text
+    for arch in [s for s in a.archs.split(',') if s]:
+        bench_occlusion(arch, size, dev, rows, ppe1=not a.no_ppe1); write()
+    if not a.no_featvis:
+        bench_featvis(64 if a.quick else 128, 8 if a.quick else 32, dev, rows, multi_steps=4 if a.quick else 8)
+    print(write())
 
 
 if __name__ == '__main__':

@@ -56,7 +56,7 @@ def image_grid(imgs, titles=None, ncols=None, size=1.4, cmap='gray', suptitle=No
             r, c = divmod(i, ncols)
             ax.text(c * (side + gap) + side / 2, r * (side + gap) - gap / 2, str(t), ha='center', va='bottom',
                     fontsize=7)
-    if suptitle: ax.set_title(suptitle, fontsize=9, pad=12 if titles is not None else 4)
+    if suptitle: ax.set_title(suptitle, fontsize=9, pad=16 if titles is not None else 4)
     return fig
 
 

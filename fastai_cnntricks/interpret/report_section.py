@@ -47,7 +47,7 @@ def _strongest_units(learn, layer, n):
 
 
 def interpretation_section(learn, n_units: int = 8,  # unit visualizations (with their top-activating images)
-                           steps: int = 24, size: int = 64,  # maximize_unit optimization steps and image size
+                           steps: int = 16, size: int = 64,  # maximize_unit optimization steps and image size
                            n_occlusion: int = 4,  # validation images with occlusion maps
                            top_k: int = 4,  # top-activating validation images shown per unit
                            faithfulness: bool = True,
