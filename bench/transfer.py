@@ -47,7 +47,8 @@ def make_dls(dataset, n, size, seed, n_valid, device):
 
 def new_learner(dls, pretrained='embedded'):
     learn = timm_learner(dls, ARCH, pretrained=pretrained)
-    learn.remove_cb(learn.progress) if hasattr(learn, 'progress') else None
+    learn.remove_cbs([learn.progress])
+    learn.recorder.logger = lambda *a: None
     return learn
 
 
@@ -104,8 +105,7 @@ def accuracy_table(args, log):
                     dls = make_dls(ds, n, args.size, seed, args.n_valid, args.device)
                     set_seed(seed)
                     t = time.time()
-                    with torch.random.fork_rng():
-                        accs.append(run_method(m, dls, args.epochs))
+                    accs.append(run_method(m, dls, args.epochs))
                     secs.append(time.time() - t)
                 rows[(ds, n, m)] = (np.mean(accs), np.std(accs), np.mean(secs))
                 log(f"{ds} {n}/class {m}: {np.mean(accs):.3f} ± {np.std(accs):.3f} ({np.mean(secs):.0f} s)")
@@ -183,18 +183,25 @@ def main():
     ap.add_argument('--out', default=str(Path(__file__).parent / 'results' / 'transfer.md'))
     ap.add_argument('--shared', action='store_true', help='note that the machine was shared during the run')
     ap.add_argument('--skip', nargs='*', default=[], help='parts to skip: accuracy forgetting overhead')
-    args = ap.parse_args()
+    ap.add_argument('--datasets', nargs='*', default=None, help='digits and/or fashion (default: both)')
+    ap.add_argument('--budgets', nargs='*', type=int, default=None, help='labelled images per class')
+    ap.add_argument('--methods', nargs='*', default=None, help='subset of the methods, by exact name')
+    cli = ap.parse_args()
+    args = cli
     if args.quick:
         args.datasets, args.budgets, args.seeds, args.size, args.epochs = ['digits', 'fashion'], [10, 100], 1, 32, 5
-        args.n_valid, args.src_epochs, args.overhead_reps = 500, 5, 3
+        args.n_valid, args.src_epochs, args.overhead_reps, args.epochs = 300, 4, 3, 4
     else:
         args.datasets, args.budgets, args.seeds, args.size, args.epochs = ['digits', 'fashion'], [10, 30, 100], 3, 64, 10
         args.n_valid, args.src_epochs, args.overhead_reps = 2000, 10, 5
+    if cli.datasets: args.datasets = cli.datasets
+    if cli.budgets: args.budgets = cli.budgets
+    if cli.methods: METHODS[:] = [m for m in METHODS if m in cli.methods]
     lines = []
     def log(s): print(s, flush=True)
     t0 = time.time()
     lines += [f"# Transfer-learning schedules ({'quick' if args.quick else 'full'} run)", '',
-              f"Command: `.venv/bin/python bench/transfer.py{' --quick' if args.quick else ''}`  ",
+              f"Command: `.venv/bin/python bench/transfer.py {' '.join(sys.argv[1:])}`  ",
               f"Date: {datetime.datetime.now():%Y-%m-%d %H:%M}  ", f"Machine: {machine()}  ",
               f"Device: {args.device}; {args.size} px; {args.epochs} epochs; bs 32; {args.seeds} seed(s); "
               f"validation: {args.n_valid} held-out images (digits: a fixed subset, Fashion-MNIST: the first test images)."]

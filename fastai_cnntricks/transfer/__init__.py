@@ -9,3 +9,6 @@ from .schedules import *
 from .forgetting import *
 from .recipes import *
 from .head_init import *
+from .plot_schedule import *
+from .report_section import *
+from .distributed import *

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from fastcore.basics import patch
+from fastcore.foundation import L
 from fastcore.meta import delegates
 from fastai.learner import Learner
 from fastai.callback.schedule import fit_one_cycle  # noqa: F401  (patches Learner.fit_one_cycle)
@@ -57,4 +58,4 @@ def fine_tune_gradual(self: Learner,
         sched = LPFT(lp_pct=head_pct, warmup=warmup, ft_norm=norm)
     extra = [sched, DiscriminativeLR(decay)] + ([L2SP(alpha=l2sp, beta=0.)] if l2sp else [])
     if l2sp and 'wd' not in kwargs: kwargs['wd'] = 0.
-    self.fit_one_cycle(epochs, base_lr, cbs=extra + list(cbs or []), **kwargs)
+    self.fit_one_cycle(epochs, base_lr, cbs=extra + list(L(cbs)), **kwargs)
