@@ -86,7 +86,8 @@ def _check_batch(b, out, n_classes):
 
 def _logits(model, x):
     out = model(x)
-    return out[0] if isinstance(out, (tuple, list)) else out
+    out = out[0] if isinstance(out, (tuple, list)) else out
+    return out.as_subclass(torch.Tensor) if isinstance(out, torch.Tensor) else out
 
 
 def _js_bits(lp, lq):
@@ -126,7 +127,7 @@ def _sweep(model, dl, post, sweep, n_items, progress, seed, keep_flips):
     n_seen = 0
     n_batches = len(dl) if n_items is None else min(len(dl), math.ceil(n_items / dl.bs))
     for bi, b in enumerate(progress_bar(_batches(dl, n_items), total=n_batches, display=progress, leave=False)):
-        x, y = b[0].to(device), b[1].to(device)
+        x, y = TensorImage(b[0].to(device)), b[1].to(device).as_subclass(torch.Tensor)
         if len(x) == 0: continue
         lc = _logits(model, post(x))
         if stats is None:
@@ -142,7 +143,7 @@ def _sweep(model, dl, post, sweep, n_items, progress, seed, keep_flips):
         ys.append(y); clean_preds.append(pc)
         for k, (ft, m) in enumerate(keys):
             with _seeded(ft, seed + 7919 * bi + k, device):
-                xa = ft(TensorImage(x), m)
+                xa = ft(x, m)
             lpa = F.log_softmax(_logits(model, post(xa)).float(), 1)
             pa = lpa.argmax(1)
             changed = pa != pc

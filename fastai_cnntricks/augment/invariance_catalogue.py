@@ -11,6 +11,7 @@ All functions take images in image space (floats in [0, 1], before `Normalize`) 
 from __future__ import annotations
 
 import torch
+from fastai.torch_core import TensorImage
 from fastai.vision.augment import rotate_mat, flip_mat, Rotate, Flip, Zoom, Contrast
 
 from ..core import CnnTricksError
@@ -47,15 +48,19 @@ class FixedTfm:
                  valid=(None, None),  # inclusive (low, high) range of magnitudes; None: unbounded
                  unit='',  # unit shown in tables ('°', '× size', 'σ px', ...)
                  suggest=None,  # suggest(magnitude) -> a fastai batch transform that trains within this magnitude
-                 random=False):  # the function draws random numbers (noise): the sweep seeds it per batch
+                 random=False,  # the function draws random numbers (noise): the sweep seeds it per batch
+                 continuous=True):  # False for on/off transforms (flips): no interpolation between magnitudes
         self.name, self.fn, self.magnitudes, self.neutral = name, fn, tuple(magnitudes), neutral
-        self.valid, self.unit, self._suggest, self.random = valid, unit, suggest, random
+        self.valid, self.unit, self._suggest, self.random, self.continuous = valid, unit, suggest, random, continuous
 
     def check(self, magnitude):
         "Raise a `CnnTricksError` unless `magnitude` is a number in this transform's valid range."
         lo, hi = self.valid
         ok = isinstance(magnitude, (int, float)) and not isinstance(magnitude, bool) and (
             lo is None or magnitude >= lo) and (hi is None or magnitude <= hi)
+        if ok and not self.continuous and magnitude not in (lo, hi):
+            raise CnnTricksError(f"magnitude {magnitude!r} is not valid for transform {self.name!r}; it is on/off: "
+                                 f"{lo} or {hi}")
         if not ok:
             rng = f"[{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]"
             raise CnnTricksError(f"magnitude {magnitude!r} is not valid for transform {self.name!r}; "
@@ -67,7 +72,7 @@ class FixedTfm:
         if tuple(y.shape) != tuple(x.shape):
             raise CnnTricksError(f"transform {self.name!r} changed the batch shape from {tuple(x.shape)} to "
                                  f"{tuple(y.shape)}; the invariance check needs size-preserving transforms")
-        return y
+        return y if isinstance(y, TensorImage) else TensorImage(y)  # Normalize & co. dispatch on TensorImage
 
     def severity(self, magnitude): return abs(magnitude - self.neutral)
 
@@ -104,8 +109,8 @@ def fixed_catalogue(fill_mode='reflection') -> dict:
         F('noise', noise.apply_fixed, (0, .02, .05, .1, .2, .3), 0, (0, 10), 'σ', lambda m: GaussianNoise(m),
           random=True),
         F('blur', blur.apply_fixed, (0, .5, 1, 1.5, 2, 3), 0, (0, 50), 'σ px', lambda m: GaussianBlur((0., m))),
-        F('hflip', lambda x, m: hflip_fixed(x, m, fill_mode), (0, 1), 0, (0, 1), '', lambda m: Flip(p=0.5)),
-        F('vflip', vflip.apply_fixed, (0, 1), 0, (0, 1), '', lambda m: FlipVertical(p=0.5)),
+        F('hflip', lambda x, m: hflip_fixed(x, m, fill_mode), (0, 1), 0, (0, 1), '', lambda m: Flip(p=0.5), continuous=False),
+        F('vflip', vflip.apply_fixed, (0, 1), 0, (0, 1), '', lambda m: FlipVertical(p=0.5), continuous=False),
         F('salt_pepper', sp.apply_fixed, (0, .01, .02, .05, .1, .2), 0, (0, 1), 'fraction',
           lambda m: SaltPepper(m), random=True),
         F('cutout', cut.apply_fixed, (0, .1, .2, .3, .4, .5), 0, (0, 1), '× side', lambda m: Cutout((0., m)),

@@ -24,12 +24,12 @@ class DiversityMonitor(Callback):
 
     def __init__(self,
                  n_batches=4,  # training batches measured per epoch
-                 name='diversity'):  # column name in the recorder
-        self.n_batches, self.name, self.values, self._value = n_batches, name, [], None
+                 metric_name='diversity'):  # column name in the recorder
+        self.n_batches, self.metric_name, self.values, self._value = n_batches, metric_name, [], None
 
     def before_fit(self):
-        self._metric = ValueMetric(lambda: self._value, self.name)
-        if not any(getattr(m, 'name', None) == self.name for m in self.learn.metrics):
+        self._metric = ValueMetric(lambda: self._value, self.metric_name)
+        if not any(getattr(m, 'name', None) == self.metric_name for m in self.learn.metrics):
             self.learn.metrics = list(self.learn.metrics) + [self._metric]
 
     def after_fit(self):

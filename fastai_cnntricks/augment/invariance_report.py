@@ -84,7 +84,7 @@ class InvarianceReport:
                 if -r['affinity'] > max_drop + 1e-12: nxt = r; break
                 safe = r
             m = safe['magnitude']
-            if interpolate and nxt is not None and nxt['affinity'] != safe['affinity']:
+            if interpolate and ft.continuous and nxt is not None and nxt['affinity'] != safe['affinity']:
                 f = (-max_drop - safe['affinity']) / (nxt['affinity'] - safe['affinity'])
                 m = safe['magnitude'] + f * (nxt['magnitude'] - safe['magnitude'])
             res[ft.name] = float(m)
