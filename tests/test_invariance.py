@@ -150,18 +150,29 @@ def test_bad_inputs(learn):
 
 
 def test_diversity_monitor_logs_ratio():
+    "diversity = loss on augmented / loss on clean training items, checked against torch's flip on a clean copy."
     set_seed(1)
-    def tiny(): return nn.Sequential(nn.Conv2d(3, 8, 3, 2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
-    for tfms, check in (([FlipVertical(p=1.)], lambda d: d > 1), (None, lambda d: d == pytest.approx(1, abs=1e-6))):
+    def tiny(): return nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 10))  # not flip-invariant by construction
+    ce = nn.CrossEntropyLoss(reduction='sum')
+    for tfms in ([FlipVertical(p=1.)], None):
         dls = digits_dls(size=16, bs=32, n_per_class=6, batch_tfms=tfms)
         mon = DiversityMonitor(n_batches=2)
         l = Learner(dls, tiny(), loss_func=CrossEntropyLossFlat(), metrics=accuracy, cbs=mon)
+        l.model.train()
         with l.no_bar(), l.no_logging(): l.fit(2, 1e-2)
         assert 'diversity' in l.recorder.metric_names
         col = l.recorder.metric_names.index('diversity') - 1
         assert [v[col] for v in l.recorder.values] == pytest.approx(mon.values)
-        assert all(check(d) for d in mon.values), mon.values
         assert not any(getattr(m, 'name', '') == 'diversity' for m in l.metrics)
+        assert l.model.training is False or all(m.training for m in l.model.modules())  # mode left as fastai leaves it
+        clean = digits_dls(size=16, bs=32, n_per_class=6).train.new(shuffle=False, drop_last=False)
+        f = (lambda x: x.flip(2)) if tfms else (lambda x: x)
+        with torch.no_grad():
+            l.model.eval()
+            xy = [(x.as_subclass(torch.Tensor), y.as_subclass(torch.Tensor)) for x, y in clean][:2]
+            ref = sum(ce(l.model(f(x)), y) for x, y in xy) / sum(ce(l.model(x), y) for x, y in xy)
+        assert mon.values[-1] == pytest.approx(float(ref), rel=1e-5)
+        if not tfms: assert mon.values == pytest.approx([1., 1.])
 
 
 def test_reference_learner_is_a_linear_probe():

@@ -39,8 +39,9 @@ class DiversityMonitor(Callback):
         dev, tot, n = model_device(self.learn.model), 0., 0
         for i, (xb, yb) in enumerate(dl):
             if i >= self.n_batches: break
-            out = self.learn.model(xb.to(dev))
-            tot += float(self.learn.loss_func(out, yb.to(dev))) * len(xb)
+            # plain tensors: fastai's TensorImage/TensorCategory pair has no cross_entropy dispatch
+            out = self.learn.model(xb.to(dev).as_subclass(torch.Tensor))
+            tot += float(self.learn.loss_func(out.as_subclass(torch.Tensor), yb.to(dev).as_subclass(torch.Tensor))) * len(xb)
             n += len(xb)
         return tot / max(n, 1)
 
