@@ -58,7 +58,8 @@ def test_gradual_unfreeze_ddp_gloo_two_ranks(tmp_path):
     outs = [p.communicate(timeout=220)[0] for p in procs]
     for p, o in zip(procs, outs):
         assert p.returncode == 0, o[-3000:]
-        assert 'unused parameters' not in o and 'find_unused_parameters' not in o, o[-3000:]
+        # DDP's error about parameters that got no grad / changed (its find_unused_parameters=True hint is only a warning)
+        assert 'Expected to have finished reduction' not in o and 'RuntimeError' not in o, o[-3000:]
     sd0, sd1 = (torch.load(tmp_path / f'rank{r}.pt', weights_only=True) for r in range(2))
     assert sd0.keys() == sd1.keys()
     for k in sd0:
