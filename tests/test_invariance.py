@@ -183,3 +183,17 @@ def test_reference_learner_is_a_linear_probe():
     from fastai_cnntricks.transfer.weights import create_timm_model
     fresh = create_timm_model('tf_efficientnet_lite0', 'embedded', n_out=10).state_dict()
     assert all(torch.equal(v, fresh[k]) for k, v in body0.items())
+
+
+def test_transforms_apply_before_normalize(learn):
+    "With Normalize in after_batch the transforms run in image space and Normalize after them: same as fastai's path."
+    from fastai.vision.all import Normalize
+    dls = digits_dls(size=SIZE, bs=64, batch_tfms=[Normalize.from_stats([.2, .3, .4], [.5, .6, .7])])
+    l2 = Learner(dls, learn.model, metrics=accuracy, loss_func=CrossEntropyLossFlat())
+    rep = l2.invariance_check(['rotate', 'darken'], {'rotate': [180], 'darken': [0.]}, progress=False)
+    assert rep.clean_acc == pytest.approx(float(l2.validate()[1]), abs=1e-6)
+    assert rep.row('rotate', 180)['acc'] == pytest.approx(_acc_under(l2, lambda x: torch.rot90(x, 2, (2, 3))), abs=1.5 / rep.n)
+    # darkening to black happens before Normalize: every image becomes the normalized black image
+    black = dls.after_batch.fs[-1](TensorImage(torch.zeros(1, 3, SIZE, SIZE)))
+    pred_black = learn.model.eval()(black).argmax(1).item()
+    assert rep.row('darken', 0.)['acc'] == pytest.approx(float((rep.ys == pred_black).mean()), abs=1e-9)

@@ -85,7 +85,8 @@ def _check_batch(b, out, n_classes):
 
 
 def _logits(model, x):
-    out = model(x)
+    # a plain tensor into the model: fastai's TensorImage would route every layer's op through __torch_function__
+    out = model(x.as_subclass(torch.Tensor))
     out = out[0] if isinstance(out, (tuple, list)) else out
     return out.as_subclass(torch.Tensor) if isinstance(out, torch.Tensor) else out
 
