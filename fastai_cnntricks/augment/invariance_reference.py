@@ -20,8 +20,9 @@ def _features(model, dl, n_batches):
     dev, fs, ys = model_device(model), [], []
     for i, (xb, yb) in enumerate(dl):
         if i >= n_batches: break
-        fs.append(model.forward_head(model.forward_features(xb.to(dev)), pre_logits=True).float())
-        ys.append(yb.to(dev))
+        xb = xb.to(dev).as_subclass(torch.Tensor)  # plain tensors: fastai's subclasses have no cross_entropy pairing
+        fs.append(model.forward_head(model.forward_features(xb), pre_logits=True).float())
+        ys.append(yb.to(dev).as_subclass(torch.Tensor))
     return torch.cat(fs), torch.cat(ys)
 
 
