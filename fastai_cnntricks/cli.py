@@ -32,7 +32,7 @@ def main(argv=None):
             from .demo import run_demo
             m = run_demo(args.data, args.arch, args.epochs, args.size, args.out, args.seed,
                          n_per_class=args.n_per_class, quiet=args.quiet)
-            print(f"accuracy {m['accuracy']:.4f}, valid loss {m['valid_loss']:.4f}, fit {m['fit_seconds']} s; "
+            print(f"accuracy {m['accuracy']:.4f}, valid loss {m['valid_loss']:.4f}, fit {m['fit_s']} s; "
                   f"report: {m['report']}")
     except CnnTricksError as e:
         print(f'cnntricks: error: {e}', file=sys.stderr)

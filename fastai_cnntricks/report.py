@@ -6,7 +6,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-__all__ = ['fig_html', 'section', 'training_section', 'groups_section', 'metrics_section', 'confusion_section',
+__all__ = ['fig_html', 'section', 'training_section', 'metrics_section', 'confusion_section',
            'write_report']
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
@@ -15,10 +15,10 @@ table{border-collapse:collapse;font-size:.9em}td,th{border:1px solid #ddd;paddin
 th{background:#f4f4f4}img{max-width:100%}.note{color:#666;font-size:.9em}"""
 
 
-def fig_html(fig, alt='figure', close=True) -> str:
-    "A matplotlib Figure as an embedded PNG `<img>`."
+def fig_html(fig, alt='figure', dpi=90, close=True) -> str:
+    "A matplotlib Figure as an embedded PNG `<img>` (the figure is closed)."
     buf = io.BytesIO()
-    fig.savefig(buf, format='png', dpi=90, bbox_inches='tight')
+    fig.savefig(buf, format='png', dpi=dpi, bbox_inches='tight')
     if close: plt.close(fig)
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
 
@@ -44,23 +44,6 @@ def training_section(learn) -> str:
         if n not in ('train_loss', 'valid_loss') and len(vals): a2.plot(np.arange(1, len(vals) + 1), vals[:, i], 'o-', label=n)
     a2.set(xlabel='epoch', title='validation metrics'); a2.legend(); a2.grid(alpha=.3)
     return section('Training', fig_html(fig, 'training curves'))
-
-
-def groups_section(learn, history=None) -> str:
-    "Parameter groups (name, size, state) and, when recorded, each group's learning rate over training."
-    from .transfer.groups import group_names
-    df = learn.group_summary(show=False)
-    body = df.to_html(float_format=lambda v: f'{v:.2e}')
-    if history is not None and len(history.lrs):
-        lrs, names = history.lr_array, group_names(learn)
-        fig, ax = plt.subplots(figsize=(11, 3.5))
-        for i in range(lrs.shape[1]):
-            on = history.trainable_array[:, i]
-            ax.plot(history.epochs, np.where(on, lrs[:, i], np.nan), label=f'{i}: {names[i]}'[:40])
-        ax.set(xlabel='epoch', ylabel='learning rate', yscale='log', title='per-group learning rate (while trainable)')
-        ax.legend(fontsize=7, ncol=2, loc='lower center'); ax.grid(alpha=.3)
-        body += fig_html(fig, 'per-group learning rates')
-    return section('Parameter groups and learning rates', body)
 
 
 def metrics_section(metrics: dict) -> str:

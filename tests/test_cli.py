@@ -54,7 +54,10 @@ def test_demo_writes_report(tmp_path):
     rc = main(['demo', '--data', str(tmp_path/'data'), '--epochs', '1', '--size', '32', '--out', str(out), '--quiet'])
     assert rc == 0
     page = (out/'index.html').read_text()
-    for title in ('Final metrics', 'Training', 'Parameter groups and learning rates', 'Confusion matrix'):
+    for title in ('Final metrics', 'Training', 'Parameter groups', 'Schedule', 'Augmentation', 'Label invariance',
+                  'Interpretation', 'Confusion matrix'):
         assert f'<h2>{title}' in page
+    assert page.count('<img') >= 10  # curves, schedule, augmentation, invariance, filters, maps, units, occlusion
     m = json.loads((out/'metrics.json').read_text())
     assert m['n_train'] == 64 and 0 <= m['accuracy'] <= 1 and m['epochs'] == 1
+    assert m['recipe'] == 'fine_tune_gradual(1)' and 'rotate' in m['safe_magnitudes']

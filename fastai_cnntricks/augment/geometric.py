@@ -15,8 +15,8 @@ from functools import partial
 
 import torch
 import torch.nn.functional as F
-from fastai.vision.augment import (AffineCoordTfm, RandTransform, LightingTfm, affine_mat, _draw_mask, _init_mat,
-                                   _prepare_mat, Flip)
+from fastai.vision.augment import (AffineCoordTfm, LightingTfm, affine_mat, _draw_mask,
+                                   _prepare_mat)
 from fastai.torch_core import TensorImage, TensorMask
 from fastai.vision.core import TensorPoint, TensorBBox
 from fastcore.foundation import L

@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 from contextlib import contextmanager
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from fastai.learner import Learner

@@ -1,11 +1,9 @@
 "The demo report's 'augmentation' section: the Keras-parity pipeline on sample images, as HTML."
 from __future__ import annotations
 
-import base64
 import html
-import io
 
-import matplotlib.pyplot as plt
+from ..report import fig_html
 
 __all__ = ['augmentation_tfms', 'augmentation_section']
 
@@ -21,20 +19,13 @@ def augmentation_tfms():
     return fuse_tfms(kt.batch_tfms + [GaussianNoise(0.03, p=0.5)])
 
 
-def _png(fig):
-    buf = io.BytesIO()
-    fig.savefig(buf, format='png', dpi=72, bbox_inches='tight')
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
-
-
 def augmentation_section(images=None, tfms=None, n=11, seed=0) -> str:
     """HTML for the report's augmentation section: `images` (an image, a batch or DataLoaders; default
     scikit-learn's sample photo 'flower.jpg' at 128 px) under `tfms` (default `augmentation_tfms()`), one base64
     PNG grid plus the list of transforms."""
     from .show import show_augmented
     if images is None:
-        import numpy as np, torch
+        import torch
         from sklearn.datasets import load_sample_image
         from torch.nn.functional import interpolate
         img = torch.tensor(load_sample_image('flower.jpg')).permute(2, 0, 1)[None].float()
@@ -46,5 +37,5 @@ def augmentation_section(images=None, tfms=None, n=11, seed=0) -> str:
             '<p>The training pipeline on a sample image (first: the original). All geometric transforms are '
             'multiplied into one matrix per image and resampled by a single <code>grid_sample</code>; pixel '
             'transforms are one batched pass each.</p>'
-            f'<img alt="augmented samples" src="data:image/png;base64,{_png(fig)}"/>'
+            f'{fig_html(fig, "augmented samples", dpi=72)}'
             f'<details><summary>Transforms</summary><ul>{items}</ul></details></section>')

@@ -8,14 +8,13 @@ from PIL import Image
 import torch
 import torch.nn.functional as F
 from torch import nn
-import matplotlib.pyplot as plt
 from fastai.learner import Learner
 from fastcore.basics import patch
 
 from ..core import CnnTricksError, get_layer, layer_name, preserve_model
 from .inputs import first_conv, image_batch, to_display, _as_pil
 from .layers import capture, StopForward, as_maps
-from .plots import image_grid, finish, scale_each, to_hwc
+from .plots import image_grid, finish, scale_each
 
 __all__ = ['CLASSIC_KERNELS', 'kernel_effects', 'show_kernel_effects']
 

@@ -12,7 +12,7 @@ from fastcore.basics import patch
 from fastprogress.fastprogress import progress_bar
 import matplotlib.pyplot as plt
 
-from ..core import CnnTricksError, check_choice, check_positive, model_device, preserve_model
+from ..core import CnnTricksError, check_choice, check_positive, preserve_model
 from .inputs import _stats, image_batch, to_display
 from .memformat import memory_format
 from .plots import finish, overlay, to_hwc

@@ -1,22 +1,14 @@
 "The demo report's 'interpretation' section: filters, feature maps, unit visualizations, occlusion maps as HTML."
 from __future__ import annotations
-import base64, html, io, time
+import html, time
 
 import torch
-import matplotlib.pyplot as plt
 
-from ..core import get_layer, layer_name
+from ..core import preserve_model
+from ..report import fig_html
 from .layers import capture, StopForward, as_maps
 
-__all__ = ['fig_to_html', 'two_depths', 'interpretation_section']
-
-
-def fig_to_html(fig, alt='', dpi=80) -> str:
-    "A matplotlib Figure as an inline base64 PNG <img> (and the figure closed)."
-    buf = io.BytesIO()
-    fig.savefig(buf, format='png', dpi=dpi, bbox_inches='tight')
-    plt.close(fig)
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}"/>'
+__all__ = ['two_depths', 'interpretation_section']
 
 
 def two_depths(model) -> list:
@@ -34,14 +26,10 @@ def _strongest_units(learn, layer, n):
     "The `n` channels of `layer` with the highest mean activation on one validation batch (the livelier units)."
     x = torch.as_tensor(learn.dls.valid.one_batch()[0]).as_subclass(torch.Tensor)
     model = learn.model
-    training = [m.training for m in model.modules()]
-    try:
+    with preserve_model(model), torch.no_grad(), capture(model, [layer]) as acts:
         model.eval()
-        with torch.no_grad(), capture(model, [layer]) as acts:
-            try: model(x)
-            except StopForward: pass
-    finally:
-        for m, t in zip(model.modules(), training): m.training = t
+        try: model(x)
+        except StopForward: pass
     means = as_maps(model, acts[layer]).mean((0, 2, 3))
     return means.argsort(descending=True)[:n].tolist()
 
@@ -59,25 +47,25 @@ def interpretation_section(learn, n_units: int = 8,  # unit visualizations (with
     model, ds = learn.model, learn.dls.valid_ds
     parts = ['<section id="interpretation"><h2>Interpretation</h2>']
     _, fig = learn.show_filters(show=False)
-    parts += ['<h3>First-layer filters</h3>', fig_to_html(fig, 'first-layer filters')]
+    parts += ['<h3>First-layer filters</h3>', fig_html(fig, 'first-layer filters')]
     early, late = two_depths(model)
     parts.append('<h3>Feature maps of one validation image at two depths</h3>')
     for name in (early, late):
         _, fig = learn.show_feature_maps(ds[0], name, max_n=15, sort=True, show=False)
-        parts.append(fig_to_html(fig, f'feature maps {name}'))
+        parts.append(fig_html(fig, f'feature maps {name}'))
     units = _strongest_units(learn, late, n_units)
     synth, _ = learn.maximize_unit(late, units, steps=steps, size=size, seed=0, progress=False, show=False)
     *_, fig = learn.top_activating(late, units, k=top_k, synth=synth, max_batches=max_batches, progress=False,
                                    show=False)
     parts += [f'<h3>{len(units)} units of <code>{html.escape(late)}</code>: synthetic image (maximize_unit, '
               f'{steps} steps) and top-{top_k} activating validation images'
-              f'{" (first batches)" if max_batches else ""}</h3>', fig_to_html(fig, 'units')]
+              f'{" (first batches)" if max_batches else ""}</h3>', fig_html(fig, 'units')]
     img_h = learn.dls.valid.one_batch()[0].shape[-1]
     window = max(2, img_h // 4)
     parts.append(f'<h3>Occlusion maps ({window} px window, stride {window // 2})</h3>')
     for i in range(min(n_occlusion, len(ds))):
         _, curves, fig = learn.occlusion_map(ds[i], window=window, stride=max(1, window // 2),
                                              faithfulness=faithfulness, progress=False, show=False)
-        parts.append(fig_to_html(fig, f'occlusion {i}'))
+        parts.append(fig_html(fig, f'occlusion {i}'))
     parts.append(f'<p><small>Section computed in {time.time() - t0:.1f} s.</small></p></section>')
     return '\n'.join(parts)

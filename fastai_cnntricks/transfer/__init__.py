@@ -2,7 +2,6 @@
 from .weights import *
 from .groups import *
 from .learner import *
-from .history import *
 from .norms import *
 from .lrs import *
 from .schedules import *

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 from fastcore.basics import patch
 from fastai.learner import Learner
+from fastai.vision.augment import RandTransform
 
 from ..core import CnnTricksError, check_positive
 from .groups import head_module
@@ -14,11 +15,16 @@ from .forgetting import body_features
 __all__ = ['train_features', 'probe_init_head']
 
 
-def train_features(learn: Learner, dl=None):
-    "Body features (eval mode, no grad) and labels of every training item, in one pass without shuffling."
-    dl = dl if dl is not None else learn.dls.train.new(shuffle=False, drop_last=False)
+def train_features(learn: Learner, dl=None, max_batches: int | None = None):
+    """Body features (eval mode, no grad) and labels of the training items, unshuffled and without random
+    augmentation (the probe should see the images as validation does); the first `max_batches` batches only if set."""
+    if dl is None:
+        dl = learn.dls.train
+        dl = dl.new(shuffle=False, drop_last=False,
+                    after_batch=[t for t in dl.after_batch.fs if not isinstance(t, RandTransform)])
     fs, ys = [], []
-    for xb, yb in dl:
+    for i, (xb, yb) in enumerate(dl):
+        if max_batches is not None and i >= max_batches: break
         fs.append(body_features(learn.model, xb)); ys.append(yb)
     return torch.cat(fs), torch.cat(ys)
 
@@ -27,14 +33,16 @@ def train_features(learn: Learner, dl=None):
 def probe_init_head(self: Learner,
                     wd: float = 1e-3,  # L2 on the probe's weights (as in a logistic regression's C = 1/wd)
                     max_iter: int = 100,  # L-BFGS iterations
-                    dl=None):  # items to fit on (default: the training set, unshuffled)
+                    dl=None,  # items to fit on (default: the training set, unshuffled, no random augmentation)
+                    max_batches: int | None = None):  # fit on the first batches only (a quick reference probe)
     """Fit the head as a multinomial logistic regression on the frozen body's features (L-BFGS, to convergence) and
     load it into the classifier. With 10 images per class an SGD head sees ~15 steps in 5 epochs; this one converges."""
     check_positive('wd', wd, allow_zero=True)
     head = head_module(getattr(self.model, 'module', self.model))
     if not isinstance(head, nn.Linear):
         raise CnnTricksError(f"probe_init_head needs a linear classifier as the head, found {type(head).__name__}")
-    x, y = train_features(self, dl)
+    if max_batches is not None: check_positive('max_batches', max_batches)
+    x, y = train_features(self, dl, max_batches)
     if x.shape[1] != head.in_features:
         raise CnnTricksError(f"body features have {x.shape[1]} dims but the head takes {head.in_features}")
     x = x.as_subclass(torch.Tensor).float()  # plain tensors: fastai's TensorImage/TensorCategory dispatch gets in the way

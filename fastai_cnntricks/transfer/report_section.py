@@ -1,20 +1,19 @@
 "The demo report's 'schedule' section: the timeline of trainable groups and per-group LRs, as HTML."
 from __future__ import annotations
-import base64
 import html
-import io
 
 from fastai.learner import Learner
 
 from ..core import CnnTricksError
+from ..report import fig_html, section
 
-__all__ = ['schedule_section_html']
+__all__ = ['groups_section_html', 'schedule_section_html']
 
 
-def _fig_png(fig) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format='png', dpi=90, bbox_inches='tight')
-    return base64.b64encode(buf.getvalue()).decode()
+def groups_section_html(learn: Learner, title: str = 'Parameter groups') -> str:
+    "HTML for the report: each parameter group's name, size, trainable state and LR (`Learner.group_summary`)."
+    body = learn.group_summary(show=False).to_html(float_format=lambda v: f'{v:.2e}')
+    return section(title, body)
 
 
 def schedule_section_html(learn: Learner, title: str = 'Schedule') -> str:
@@ -30,9 +29,8 @@ def schedule_section_html(learn: Learner, title: str = 'Schedule') -> str:
     rows = ''.join(f'<tr><td>{g}</td><td>{html.escape(name)}</td>' +
                    ''.join(f'<td>{tr[i, g]:.0%} / {lrs[i, g]:.2e}</td>' for i in idx) + '</tr>'
                    for g, name in enumerate(log.names))
-    img = _fig_png(learn.plot_schedule())
     return (f'<section id="schedule"><h2>{html.escape(title)}</h2>'
             '<p>Which parameter groups trained when (head on top) and the learning rate each group actually got '
             '(after warm-up of newly thawed groups and discriminative factors).</p>'
-            f'<img alt="schedule" src="data:image/png;base64,{img}"/>'
+            f'{fig_html(learn.plot_schedule(), "schedule")}'
             f'<table><tr><th>group</th><th>name</th>{head}</tr>{rows}</table></section>')
