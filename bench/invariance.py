@@ -121,6 +121,7 @@ def main():
     ap.add_argument('--device', default='cpu', help="'cpu' or 'cuda'")
     ap.add_argument('--datasets', nargs='+', default=['digits', 'fashion-mnist'])
     ap.add_argument('--shared', action='store_true', help='note that the machine was shared with other work')
+    ap.add_argument('--out', default=str(OUT / 'invariance.md'))
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     lines = ['# Label-invariance check: sweep results and cost', '',
@@ -132,7 +133,7 @@ def main():
         lines += ['Note: the 2-core machine was shared with other work during this run (load average well above 2); '
                   'absolute seconds are inflated, ratios measured in the same run are comparable.', '']
     for name in args.datasets: run(name, args.quick, args.device, lines)
-    (OUT / 'invariance.md').write_text('\n'.join(lines))
+    Path(args.out).write_text('\n'.join(lines))
     print('\n'.join(lines))
 
 
