@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from fastai.vision.all import TensorImage, aug_transforms, Pipeline
 from fastai_cnntricks.augment import keras_tfms, GaussianNoise, fuse_tfms
+from machine import cpu_model  # noqa: E402
 
 KW = dict(rotation_range=15, width_shift_range=0.1, height_shift_range=0.1, shear_range=10, zoom_range=0.15,
           horizontal_flip=True, brightness_range=(0.8, 1.2), channel_shift_range=20, fill_mode='reflect')
@@ -77,14 +78,6 @@ def timeit(f, x, reps, warm=2):
         ts.append(time.perf_counter() - t0)
     ts.sort()
     return ts[len(ts) // 2]  # median
-
-
-def cpu_model():
-    try:
-        for line in open('/proc/cpuinfo'):
-            if line.startswith('model name'): return line.split(':', 1)[1].strip()
-    except OSError: pass
-    return platform.processor() or 'unknown'
 
 
 def main():

@@ -8,6 +8,7 @@ import torch
 from fastai.vision.all import set_seed, BnFreeze, ProgressCallback
 
 from fastai_cnntricks.all import digits_dls, timm_learner
+from machine import cpu_model  # noqa: E402
 
 
 def fastai_fine_tune(learn, ep): learn.fine_tune(ep, 2e-3)                       # fastai's default recipe
@@ -18,11 +19,6 @@ def gradual(learn, ep): learn.fine_tune_gradual(ep)                             
 
 RECIPES = dict(fastai_fine_tune=fastai_fine_tune, full_one_cycle=full_one_cycle, head_only=head_only,
                fine_tune_gradual=gradual)
-
-
-def cpu_name():
-    try: return next(l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name'))
-    except Exception: return platform.processor()
 
 
 def main():
@@ -46,7 +42,7 @@ def main():
         if accs: rows.append((name, np.mean(accs), np.std(accs), np.mean(secs)))
     lines = [f'## Demo recipe: digits at {a.size} px, {a.epochs} epochs, embedded tf_efficientnet_lite0',
              '', f'Command: `.venv/bin/python bench/demo_recipe.py --epochs {a.epochs} --seeds {a.seeds}`  ',
-             f'Machine: {cpu_name()}, {torch.get_num_threads()} torch threads, {platform.platform()}; '
+             f'Machine: {cpu_model()}, {torch.get_num_threads()} torch threads, {platform.platform()}; '
              f'date {datetime.date.today()}', '', '| recipe | valid accuracy (mean ± sd) | fit time (s) |', '|---|---|---|']
     lines += [f'| {n} | {m:.3f} ± {s:.3f} | {t:.0f} |' for n, m, s, t in rows]
     Path(a.out).write_text('\n'.join(lines) + '\n')

@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from fastai_cnntricks.interpret import (occlusion_attribution, occlusion_drops, window_starts, render, channel,
                                         memory_format)
 from fastai_cnntricks.interpret.occlusion import auto_batch_size
+from machine import machine  # noqa: E402
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
@@ -30,14 +31,6 @@ def timed(fn, dev, repeat=1):
         sync(dev); t = time.perf_counter(); out = fn(); sync(dev)
         best = min(best, time.perf_counter() - t)
     return best, out
-
-
-def machine():
-    cpu = next((l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name')), '?') \
-        if os.path.exists('/proc/cpuinfo') else platform.processor()
-    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ''
-    return (f"{platform.platform()}, Python {platform.python_version()}, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads, CPU {cpu}{gpu}")
 
 
 def perturbed_batches(x, window, stride, bs, channels_last):
@@ -152,14 +145,14 @@ def main():
     rows = []
     t0 = time.time()
     cmd = 'python bench/interpret.py ' + ' '.join(sys.argv[1:])
+    load0 = ', '.join(f'{v:.1f}' for v in os.getloadavg())  # a shared machine shows here
     def write():  # after every row, so a long run that is stopped keeps what it measured
         text = '\n'.join([
             f"# Interpretation benchmark ({'quick' if a.quick else 'full'})", '',
             f"Command: `{cmd}`  ", f"Date: {datetime.datetime.now().isoformat(timespec='seconds')}  ",
             f"Machine: {machine()}  ", f"Device: {dev}; run time so far {time.time() - t0:.0f} s  ",
             "Random weights (timing does not depend on them); baseline 0 in model-input space; window 16, stride 8. "
-            "The CPU was shared with other work during the run (load average well above the 2 cores), so absolute "
-            "times are noisy; ratios come from back-to-back runs in one process.", '',
+            f"Load average at the start: {load0}. Ratios come from back-to-back runs in one process.", '',
             '| case | anchor | reference | ours | ratio | notes |', '|---|---|---|---|---|---|', *rows, ''])
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(text)

@@ -24,16 +24,9 @@ from fastai_cnntricks.data import digits_dls, fashion_mnist_dls  # noqa: E402
 from fastai_cnntricks.transfer import timm_learner  # noqa: E402
 from fastai_cnntricks.augment import DEFAULT_SWEEP, resolve_sweep  # noqa: E402
 from fastai_cnntricks.augment.invariance_report_section import QUICK_SWEEP  # noqa: E402
+from machine import cpu_model  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / 'results'
-
-
-def cpu_model():
-    try:
-        for line in open('/proc/cpuinfo'):
-            if line.startswith('model name'): return line.split(':', 1)[1].strip()
-    except OSError: pass
-    return platform.processor() or 'unknown'
 
 
 def train(name, quick, device):

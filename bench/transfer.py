@@ -23,14 +23,9 @@ warnings.filterwarnings('ignore')
 from fastai.vision.all import set_seed, accuracy  # noqa: E402
 from fastai_cnntricks.all import *  # noqa: E402,F403
 from fastai_cnntricks.transfer.head_init import train_features  # noqa: E402
+from machine import machine  # noqa: E402
 
 ARCH = 'tf_efficientnet_lite0'
-
-
-def machine():
-    cpu = next((l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name')), '?')
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'
-    return f"{platform.platform()}; torch {torch.__version__}; threads {torch.get_num_threads()}; CPU {cpu}; GPU {gpu}"
 
 
 def make_dls(dataset, n, size, seed, n_valid, device):
