@@ -182,7 +182,7 @@ def main():
     ap.add_argument('--budgets', nargs='*', type=int, default=None, help='labelled images per class')
     ap.add_argument('--methods', nargs='*', default=None, help='subset of the methods, by exact name')
     cli = ap.parse_args()
-    args = cli
+    args = argparse.Namespace(**vars(cli))  # a copy: the presets below must not overwrite --datasets/--budgets
     if args.quick:
         args.datasets, args.budgets, args.seeds, args.size, args.epochs = ['digits', 'fashion'], [10, 100], 1, 32, 5
         args.n_valid, args.src_epochs, args.overhead_reps, args.epochs = 300, 4, 3, 4
