@@ -159,6 +159,24 @@ def test_channel_shift_within_range_and_keras_semantics():
     assert np.allclose(channel_shift(x, s).numpy(), ref, atol=1e-6)
 
 
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 1000), order=st.permutations([0, 1, 2, 3]), cap=st.booleans())
+def test_pixel_chain_fused_pass_equals_one_after_another(seed, order, cap):
+    "PixelChain merges ChannelShift/BrightnessFactor runs into one multiply-add + clamp: same result as in turn."
+    x = batch(n=16, seed=seed) * .6 + .2
+    torch.manual_seed(seed)
+    pool = [ChannelShift(.5, p=.7), BrightnessFactor(0., 1.8, p=.7), ChannelShift(.3, p=.5),
+            BrightnessFactor(.5, 1.5, max_value=1. if cap else None, p=.6)]
+    tfms = [pool[i] for i in order] + [GaussianNoise(.1, p=.5)]
+    chain = PixelChain(tfms)
+    y = chain(x, split_idx=0)  # draws the magnitudes, then the noise
+    torch.manual_seed(seed)  # the same draws again, for the reference
+    chain.before_call(x, 0)
+    ref = x.as_subclass(torch.Tensor)
+    for t in tfms: ref = t._apply(ref, t.magnitude)
+    assert (y.as_subclass(torch.Tensor) - ref).abs().max() <= 1e-5
+
+
 def test_brightness_blur_saltpepper_cutout_semantics():
     from scipy import ndimage
     x = batch(n=2, h=24, w=24)

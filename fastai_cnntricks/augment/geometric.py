@@ -196,6 +196,12 @@ class AffineFill(AffineCoordTfm):
                          align_corners=align_corners, **kwargs)
         self.fill_mode, self.cval = fill_mode, cval
 
+    def _get_affine_mat(self, x):
+        # fastai's tensor subclasses send each of the ~150 tiny ops that draw the matrices through
+        # __torch_function__ (about 4 ms a batch on CPU): draw them on plain tensors
+        with torch._C.DisableTorchFunctionSubclass():
+            return super()._get_affine_mat(x).as_subclass(torch.Tensor)
+
     def _sample(self, x, mode):
         h, w = x.shape[-2:]
         size = (h, w) if self.size is None else (self.size, self.size) if isinstance(self.size, int) else self.size

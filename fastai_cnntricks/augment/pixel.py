@@ -108,6 +108,24 @@ def cutout(x, size, n_holes=1, fill=0.):
     return x.masked_fill(mask[:, None], fill)
 
 
+def _fused_point_affine(x, tfms, inplace=False):
+    """Transforms clamp(a*x + c, l, h) (a >= 0) applied in turn, as one multiply-add and one clamp: composing
+    clamp(a*clamp(A*x + C, L, H) + c, l, h) = clamp(aA*x + aC + c, clamp(aL + c, l, h), clamp(aH + c, l, h)).
+    Each transform's input range (for `ChannelShift`'s clipping) follows from the input's range by monotonicity."""
+    per = lambda v: _per_image(v, x)
+    flat = x.flatten(1)
+    mn, mx = per(flat.amin(1)), per(flat.amax(1))
+    A, C, L, H = per(1.), per(0.), per(-math.inf), per(math.inf)
+    for t in tfms:
+        lo, hi = (A * mn + C).clamp(L, H), (A * mx + C).clamp(L, H)
+        a, c, l, h = (per(v) for v in t._point_affine(t.magnitude, lo, hi))
+        # a * (+-inf) is nan when a == 0: then the bound is just c
+        L, H = (torch.nan_to_num(a * L, nan=0.) + c).clamp(l, h), (torch.nan_to_num(a * H, nan=0.) + c).clamp(l, h)
+        A, C = a * A, a * C + c
+    y = x.mul_(A).add_(C) if inplace else torch.addcmul(C, x, A)
+    return y.clamp_(L, H)
+
+
 # -- the transforms -------------------------------------------------------------------------------------------------
 
 class PixelTfm(RandTransform):
@@ -121,13 +139,17 @@ class PixelTfm(RandTransform):
 
     def _def_draw(self, x): raise NotImplementedError
     def _apply(self, x, magnitude, inplace=False): raise NotImplementedError
+    # A transform of the form clamp(a*x + c, l, h), with a >= 0 per image, returns (a, c, l, h) from its magnitude and
+    # the per-image range [lo, hi] of its input; `PixelChain` then merges a run of them into one pass.
+    _point_affine = None
 
     def before_call(self, b, split_idx):
         self.do = True  # p is applied per image inside the draw
         if split_idx is not None and split_idx != self.split_idx and self.split_idx is not None: return
         while isinstance(b, (tuple, list)): b = b[0]
-        self.magnitude = _draw_mask(b, self._def_draw, draw=self.draw, p=self.p, neutral=self.neutral,
-                                    batch=self.batch)
+        with torch._C.DisableTorchFunctionSubclass():  # plain tensors: no per-op subclass dispatch
+            self.magnitude = _draw_mask(b, self._def_draw, draw=self.draw, p=self.p, neutral=self.neutral,
+                                        batch=self.batch).as_subclass(torch.Tensor)
 
     def encodes(self, x: TensorImage): return TensorImage(self._apply(x.as_subclass(torch.Tensor), self.magnitude))
 
@@ -153,6 +175,7 @@ class ChannelShift(PixelTfm):
 
     def _def_draw(self, x): return _uniform(x, -self.max_shift, self.max_shift, self.batch)
     def _apply(self, x, m, inplace=False): return channel_shift(x, m, inplace)
+    def _point_affine(self, m, lo, hi): return 1., m, lo, hi  # clipped to the input's own range
 
 
 class BrightnessFactor(PixelTfm):
@@ -170,6 +193,8 @@ class BrightnessFactor(PixelTfm):
 
     def _def_draw(self, x): return _uniform(x, self.min_factor, self.max_factor, self.batch)
     def _apply(self, x, m, inplace=False): return brightness_factor(x, m, self.max_value, inplace)
+    def _point_affine(self, m, lo, hi):
+        return m, 0., (0. if self.max_value is not None else -math.inf), (self.max_value or math.inf)
 
 
 class GaussianNoise(PixelTfm):
@@ -234,8 +259,12 @@ class PixelChain(PixelTfm):
         for t in self.tfms: t.before_call(b, split_idx)
 
     def encodes(self, x: TensorImage):
-        y = x.as_subclass(torch.Tensor)
-        for i, t in enumerate(self.tfms): y = t._apply(y, t.magnitude, inplace=i > 0)
+        y, i, tfms = x.as_subclass(torch.Tensor), 0, self.tfms
+        while i < len(tfms):
+            j = i
+            while j < len(tfms) and tfms[j]._point_affine is not None: j += 1
+            if j - i > 1: y, i = _fused_point_affine(y, tfms[i:j], inplace=i > 0), j
+            else: y, i = tfms[i]._apply(y, tfms[i].magnitude, inplace=i > 0), i + 1
         return TensorImage(y)
 
     def apply_fixed(self, x, magnitude):
