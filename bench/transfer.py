@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 warnings.filterwarnings('ignore')
 
-from fastai.vision.all import set_seed, accuracy  # noqa: E402
+from fastai.vision.all import set_seed, accuracy, Callback, CancelValidException  # noqa: E402
 from fastai_cnntricks.all import *  # noqa: E402,F403
 from fastai_cnntricks.transfer.head_init import train_features  # noqa: E402
 from machine import machine  # noqa: E402
@@ -40,8 +40,15 @@ def make_dls(dataset, n, size, seed, n_valid, device):
     return fashion_mnist_dls(size, n_per_class=n, n_valid=n_valid, bs=32, seed=seed, device=device, num_workers=0)
 
 
+class ValidateOnceAtEnd(Callback):
+    "Skip fastai's per-epoch validation during the fit (it would cost more than few-shot training itself)."
+    def before_validate(self):
+        if self.training is False and getattr(self.learn, 'epoch', None) is not None and self.learn.n_epoch:
+            raise CancelValidException()
+
+
 def new_learner(dls, pretrained='embedded'):
-    learn = timm_learner(dls, ARCH, pretrained=pretrained)
+    learn = timm_learner(dls, ARCH, pretrained=pretrained, cbs=ValidateOnceAtEnd())
     learn.remove_cbs([learn.progress])
     learn.recorder.logger = lambda *a: None
     return learn
@@ -82,6 +89,7 @@ def run_method(name, dls, epochs):
         elif name == 'fine_tune_gradual + L2SP':
             learn.fine_tune_gradual(epochs, l2sp=0.01)
         else: raise ValueError(name)
+    learn.remove_cbs(learn.cbs.filter(lambda c: isinstance(c, ValidateOnceAtEnd)))
     return float(learn.validate()[1])
 
 
@@ -188,7 +196,7 @@ def main():
         args.n_valid, args.src_epochs, args.overhead_reps, args.epochs = 300, 4, 3, 4
     else:
         args.datasets, args.budgets, args.seeds, args.size, args.epochs = ['digits', 'fashion'], [10, 30, 100], 3, 64, 10
-        args.n_valid, args.src_epochs, args.overhead_reps = 2000, 10, 5
+        args.n_valid, args.src_epochs, args.overhead_reps = 1000, 10, 5
     if cli.datasets: args.datasets = cli.datasets
     if cli.budgets: args.budgets = cli.budgets
     if cli.methods: METHODS[:] = [m for m in METHODS if m in cli.methods]
