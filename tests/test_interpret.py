@@ -165,6 +165,52 @@ def test_top_activating_matches_full_scan(dls):
     torch.testing.assert_close(imgs[0, 0], xs[ref_idx[0, 0]].as_subclass(torch.Tensor))
 
 
+def random_bn_stats(model):
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * .2)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + .5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + .5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * .1)
+
+
+class TwoUses(nn.Module):
+    "A conv whose output feeds a BatchNorm and a skip connection: folding would change the skip, so it must not."
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn, self.fc = nn.Conv2d(3, 3, 3, padding=1), nn.BatchNorm2d(3), nn.Linear(3, 4)
+    def forward(self, x):
+        y = self.conv(x)
+        return self.fc((self.bn(y) + y).mean((2, 3)))
+
+
+@pytest.mark.parametrize('arch', ['resnet10t', 'tf_efficientnet_lite0', 'mobilenetv3_small_050', 'plain', 'two_uses'])
+def test_inference_copy_folds_batchnorms_and_leaves_the_model(arch):
+    import timm
+    from fastai_cnntricks.interpret.inference_copy import inference_copy, fold_batchnorms
+    torch.manual_seed(0)
+    model = {'plain': plain_cnn, 'two_uses': TwoUses}.get(arch, lambda: timm.create_model(arch, num_classes=5))()
+    random_bn_stats(model)
+    unsettle(model)
+    snap, st = model_snapshot(model), state(model)
+    x = torch.randn(2, 3, 48, 48)
+    fast = inference_copy(model, x)
+    n_bn = lambda m: sum(isinstance(o, nn.modules.batchnorm._BatchNorm) for o in m.modules())
+    if arch == 'two_uses':
+        assert n_bn(fast) == 1  # the fold changed the output, so the unfolded copy came back
+        import copy
+        assert fold_batchnorms(copy.deepcopy(model).eval(), x) == 1
+    else:
+        assert n_bn(model) > 0 and n_bn(fast) == 0 and not fast.training  # every BatchNorm here follows a conv
+    model.eval()
+    with torch.no_grad(): ref, out = model(x), fast(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+    model.train()
+    unsettle(model)
+    assert_as_found(model, snap, st)
+
+
 # --- occlusion --------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize('window,stride,output,channels_last', [(8, 4, 'prob', True), (8, 5, 'logit', False),
@@ -174,6 +220,7 @@ def test_occlusion_equals_captum(window, stride, output, channels_last):
     import timm
     torch.manual_seed(0)
     model = timm.create_model('resnet10t', num_classes=10).eval()
+    random_bn_stats(model)  # so that folding them into the convolutions is really exercised
     x = torch.randn(1, 3, 32, 32)
     attr, target, _ = occlusion_attribution(model, x, None, window, stride, -0.5, output, batch_size=16,
                                             channels_last=channels_last, progress=False)

@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt
 
 from ..core import CnnTricksError, check_choice, check_positive, preserve_model
 from .inputs import _stats, image_batch, to_display
+from .inference_copy import inference_copy
 from .memformat import memory_format
 from .plots import finish, overlay, to_hwc
 
@@ -128,10 +129,12 @@ def _refine_estimate(drops, done):
 
 
 def occlusion_attribution(model, x, target=None, window=16, stride=8, baseline=0., output='prob', batch_size=None,
-                          channels_last=True, refine=None, stats=None, progress=True):
+                          channels_last=True, refine=None, stats=None, progress=True, fold_bn=True):
     """Occlusion map of `x` (1, C, H, W, model-input space) for class `target` (default: the predicted class).
     `refine`: coarse-to-fine -- evaluate every other window, then only those whose evaluated neighbours differ by
-    more than `refine` times the range of drops. Leaves `model` as found. -> (map (H, W), target, score)."""
+    more than `refine` times the range of drops. The windows run through an `inference_copy` of `model` (eval,
+    channels-last if asked, BatchNorms folded when `fold_bn`); `model` itself is left as found.
+    -> (map (H, W), target, score)."""
     window = (window, window) if isinstance(window, int) else tuple(window)
     stride = (stride, stride) if isinstance(stride, int) else tuple(stride)
     _, _, h, w = x.shape
@@ -144,8 +147,8 @@ def occlusion_attribution(model, x, target=None, window=16, stride=8, baseline=0
         raise CnnTricksError(f"stride={stride} is larger than window={window}: pixels would be left out")
     check_choice('output', output, ['prob', 'logit'])
     if refine is not None: check_positive('refine', refine, allow_zero=True)
-    with preserve_model(model), memory_format(model, enabled=channels_last), torch.no_grad():
-        model.eval()
+    with preserve_model(model), torch.no_grad():
+        model = inference_copy(model, x, channels_last, fold_bn)
         base = occlusion_baseline(x, baseline, stats, window[0])
         if hasattr(target, '__index__') and not isinstance(target, bool): target = int(target)
         n_out = model(_in_format(x, channels_last)).shape[1] if target is not None else None
@@ -203,6 +206,7 @@ def occlusion_map(self: Learner, img,  # anything `learn.predict` accepts, or a 
                   batch_size: int | None = None,  # perturbed images per forward pass (default: sized to memory)
                   channels_last: bool = True,  # run in channels-last memory format (faster); the model is restored
                   refine: float | None = None,  # coarse-to-fine: refine where neighbours differ by > this x range
+                  fold_bn: bool = True,  # run a copy with BatchNorms folded into their convolutions (faster)
                   faithfulness: bool = False,  # also deletion/insertion curves and their AUC
                   progress: bool = True, show: bool = True):
     """Occlusion sensitivity: per pixel, the drop of the target's probability (or logit) when a window of the
@@ -213,7 +217,7 @@ def occlusion_map(self: Learner, img,  # anything `learn.predict` accepts, or a 
     model = self.model
     stats = _stats(self, x.device)
     attr, target, score = occlusion_attribution(model, x, target, window, stride, baseline, output, batch_size,
-                                                channels_last, refine, stats, progress)
+                                                channels_last, refine, stats, progress, fold_bn)
     curves = None
     if faithfulness:
         base = occlusion_baseline(x, baseline, stats, window if isinstance(window, int) else window[0])

