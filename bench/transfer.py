@@ -1,7 +1,7 @@
 """Transfer-learning schedules on real few-shot data, against fastai's own `fine_tune` and a logistic regression on
 frozen features; a forgetting experiment; and the callbacks' overhead.
 
-    .venv/bin/python bench/transfer.py            # full: digits + Fashion-MNIST, 64 px, 10/30/100 per class, 3 seeds
+    .venv/bin/python bench/transfer.py            # full: digits + Fashion-MNIST, 64 px, 10/30/100 per class, 3 seeds, 6 epochs (~1 h)
     .venv/bin/python bench/transfer.py --quick    # 1 seed, 10 and 100 per class, 32 px, fewer epochs
     .venv/bin/python bench/transfer.py --device cuda
 Writes bench/results/transfer.md."""
@@ -49,6 +49,7 @@ class ValidateOnceAtEnd(Callback):
 
 def new_learner(dls, pretrained='embedded'):
     learn = timm_learner(dls, ARCH, pretrained=pretrained, cbs=ValidateOnceAtEnd())
+    learn.model.to(memory_format=torch.channels_last)  # same results, ~1.3x faster training on this CPU
     learn.remove_cbs([learn.progress])
     learn.recorder.logger = lambda *a: None
     return learn
@@ -195,7 +196,7 @@ def main():
         args.datasets, args.budgets, args.seeds, args.size, args.epochs = ['digits', 'fashion'], [10, 100], 1, 32, 5
         args.n_valid, args.src_epochs, args.overhead_reps, args.epochs = 300, 4, 3, 4
     else:
-        args.datasets, args.budgets, args.seeds, args.size, args.epochs = ['digits', 'fashion'], [10, 30, 100], 3, 64, 10
+        args.datasets, args.budgets, args.seeds, args.size, args.epochs = ['digits', 'fashion'], [10, 30, 100], 3, 64, 6
         args.n_valid, args.src_epochs, args.overhead_reps = 1000, 10, 5
     if cli.datasets: args.datasets = cli.datasets
     if cli.budgets: args.budgets = cli.budgets
