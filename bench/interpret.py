@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from fastai_cnntricks.interpret import (occlusion_attribution, occlusion_drops, window_starts, render, channel,
                                         memory_format)
 from fastai_cnntricks.interpret.occlusion import auto_batch_size
+from fastai_cnntricks.interpret.inference_copy import inference_copy
 from machine import machine  # noqa: E402
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -62,6 +63,7 @@ def bench_occlusion(arch, size, dev, rows, window=16, stride=8, ppe1=True):
     occ = lambda **kw: occlusion_attribution(model, x, target, window, stride, 0., 'prob', bs, progress=False, **kw)
     t_ours, (ours, _, _) = timed(lambda: occ(channels_last=True), dev)
     t_ours_c, _ = timed(lambda: occ(channels_last=False), dev)
+    t_ours_nofold, _ = timed(lambda: occ(channels_last=True, fold_bn=False), dev)
     fwd = lambda z: model(z).softmax(1)
     cap = Occlusion(fwd)
     def captum_run(ppe):
@@ -70,16 +72,19 @@ def bench_occlusion(arch, size, dev, rows, window=16, stride=8, ppe1=True):
                                  baselines=0., target=target, perturbations_per_eval=ppe)
     t_cap_bs, ref = timed(lambda: captum_run(bs), dev)
     t_cap_1 = timed(lambda: captum_run(1), dev)[0] if ppe1 else float('nan')
-    def bare(batches):
+    def bare_on(net, batches):
         with torch.no_grad():
-            for xb in batches: model(xb)
+            for xb in batches: net(xb)
+    bare = lambda batches: bare_on(model, batches)
     batches_c = perturbed_batches(x, window, stride, bs, False)
     t_bare_c, _ = timed(lambda: bare(batches_c), dev)
     del batches_c
     with memory_format(model):
         batches_cl = perturbed_batches(x, window, stride, bs, True)
         t_bare_cl, _ = timed(lambda: bare(batches_cl), dev)
-    del batches_cl
+        folded = inference_copy(model, x)  # what occlusion_map runs: BatchNorms folded into the convolutions
+        t_bare_fold, _ = timed(lambda: bare_on(folded, batches_cl), dev)
+    del batches_cl, folded
     t_ref, (coarse, _, _) = timed(lambda: occ(channels_last=True, refine=0.1), dev)
     rank = lambda a: a.flatten().argsort().argsort().float()
     rho = float(torch.corrcoef(torch.stack([rank(coarse), rank(ours)]))[0, 1])
@@ -87,9 +92,11 @@ def bench_occlusion(arch, size, dev, rows, window=16, stride=8, ppe1=True):
     best_cap = min(t_cap_bs, t_cap_1)
     rows.append(f"| occlusion {arch} {size}px, {n} windows, bs {bs} | captum ppe=1: {t_cap_1:.1f} s; "
                 f"captum ppe={bs}: {t_cap_bs:.1f} s | bare forwards: {t_bare_c:.1f} s contiguous, {t_bare_cl:.1f} s "
-                f"channels_last | occlusion_map: {t_ours:.1f} s channels_last ({n / t_ours:.1f} img/s), "
-                f"{t_ours_c:.1f} s contiguous | vs captum best {t_ours / best_cap:.2f}x; vs bare same format "
-                f"{t_ours / t_bare_cl:.2f}x (contiguous {t_ours_c / t_bare_c:.2f}x) | max rel. diff to captum "
+                f"channels_last, {t_bare_fold:.1f} s channels_last on the BN-folded copy | occlusion_map: {t_ours:.1f} s "
+                f"channels_last ({n / t_ours:.1f} img/s), {t_ours_c:.1f} s contiguous, {t_ours_nofold:.1f} s without "
+                f"BN folding | vs captum best {t_ours / best_cap:.2f}x; vs bare same format "
+                f"{t_ours / t_bare_cl:.2f}x (contiguous {t_ours_c / t_bare_c:.2f}x; vs the folded copy's bare "
+                f"forwards {t_ours / t_bare_fold:.2f}x) | max rel. diff to captum "
                 f"{err:.1e}; coarse-to-fine (refine=0.1) {t_ref:.1f} s, Spearman {rho:.3f} |")
     print(rows[-1], flush=True)
 
