@@ -190,6 +190,7 @@ def main():
     ap.add_argument('--datasets', nargs='*', default=None, help='digits and/or fashion (default: both)')
     ap.add_argument('--budgets', nargs='*', type=int, default=None, help='labelled images per class')
     ap.add_argument('--methods', nargs='*', default=None, help='subset of the methods, by exact name')
+    ap.add_argument('--epochs', type=int, default=None, help='epochs per method (default: 6, quick 4)')
     cli = ap.parse_args()
     args = argparse.Namespace(**vars(cli))  # a copy: the presets below must not overwrite --datasets/--budgets
     if args.quick:
@@ -198,13 +199,15 @@ def main():
     else:
         args.datasets, args.budgets, args.seeds, args.size, args.epochs = ['digits', 'fashion'], [10, 30, 100], 3, 64, 6
         args.n_valid, args.src_epochs, args.overhead_reps = 1000, 10, 5
+    if cli.epochs: args.epochs = cli.epochs
     if cli.datasets: args.datasets = cli.datasets
     if cli.budgets: args.budgets = cli.budgets
     if cli.methods: METHODS[:] = [m for m in METHODS if m in cli.methods]
     lines = []
     def log(s): print(s, flush=True)
     t0 = time.time()
-    lines += [f"# Transfer-learning schedules ({'quick' if args.quick else 'full'} run)", '',
+    lines += [f"# Transfer-learning schedules ({'quick' if args.quick else 'full'} run"
+              f"{', ' + str(args.epochs) + ' epochs' if cli.epochs else ''}{', subset of methods' if cli.methods else ''})", '',
               f"Command: `.venv/bin/python bench/transfer.py {' '.join(sys.argv[1:])}`  ",
               f"Date: {datetime.datetime.now():%Y-%m-%d %H:%M}  ", f"Machine: {machine()}  ",
               f"Device: {args.device}; {args.size} px; {args.epochs} epochs; bs 32; {args.seeds} seed(s); "
@@ -220,6 +223,8 @@ def main():
                   'logistic regression | beats both |', '|---|---|---|---|---|---|']
         for ds in args.datasets:
             for n in args.budgets:
+                if not all((ds, n, m) in rows for m in ('fine_tune_gradual', 'fastai fine_tune',
+                                                         'logistic regression (frozen features)')): continue
                 g, f, l = (rows[(ds, n, m)][0] for m in ('fine_tune_gradual', 'fastai fine_tune',
                                                            'logistic regression (frozen features)'))
                 lines.append(f'| {ds} | {n} | {g:.3f} | {f:.3f} | {l:.3f} | {"yes" if g > f and g > l else "**no**"} |')
