@@ -22,7 +22,9 @@ from fastai_cnntricks.all import auto_base_lr  # noqa: E402
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument('dataset'); ap.add_argument('per_class', type=int); ap.add_argument('variants', nargs='+')
+    ap.add_argument('dataset', nargs='?', default='digits')
+    ap.add_argument('per_class', nargs='?', type=int, default=30)
+    ap.add_argument('variants', nargs='*', default=['base', 'wdn_half'])
     ap.add_argument('--epochs', type=int, default=6); ap.add_argument('--seeds', type=int, default=3)
     a = ap.parse_args()
     torch.set_num_threads(1)
