@@ -41,10 +41,9 @@ def make_dls(dataset, n, size, seed, n_valid, device):
 
 
 class ValidateOnceAtEnd(Callback):
-    "Skip fastai's per-epoch validation during the fit (it would cost more than few-shot training itself)."
-    def before_validate(self):
-        if self.training is False and getattr(self.learn, 'epoch', None) is not None and self.learn.n_epoch:
-            raise CancelValidException()
+    """Skip fastai's per-epoch validation during the fit (it would cost more than few-shot training itself);
+    `run_method` removes it before the one final `validate()`."""
+    def before_validate(self): raise CancelValidException()
 
 
 def new_learner(dls, pretrained='embedded'):
