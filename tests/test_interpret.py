@@ -231,6 +231,41 @@ def test_occlusion_equals_captum(window, stride, output, channels_last):
     torch.testing.assert_close(attr, ref[0, 0], rtol=1e-4, atol=1e-4 * ref.abs().max().item())
 
 
+class ReadsInputTwice(nn.Module):
+    "The first convolution sees the input, and so does the head: reusing the convolution alone would be wrong."
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 8, 5, stride=3, padding=2, dilation=2), nn.Linear(8, 4)
+    def forward(self, x): return self.fc(self.conv(x).mean((2, 3))) + x[..., :8, :8].mean((1, 2, 3))[:, None]
+
+
+@pytest.mark.parametrize('arch,window,stride', [('resnet10t', (8, 8), (4, 4)), ('dilated', (7, 10), (5, 3)),
+                                                ('reads_twice', (8, 8), (4, 4))])
+def test_window_forward_reuses_the_first_convolution_exactly(arch, window, stride):
+    import timm
+    from fastai_cnntricks.interpret.window_forward import window_forward
+    from fastai_cnntricks.interpret.inference_copy import inference_copy
+    from fastai_cnntricks.interpret.occlusion import window_starts
+    torch.manual_seed(0)
+    model = {'resnet10t': lambda: timm.create_model('resnet10t', num_classes=4),
+             'dilated': lambda: nn.Sequential(nn.Conv2d(3, 8, 5, stride=3, padding=2, dilation=2), nn.ReLU(),
+                                              nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)),
+             'reads_twice': ReadsInputTwice}[arch]().eval()
+    x, base = torch.randn(1, 3, 40, 37), torch.randn(1, 3, 40, 37)
+    ys, xs = window_starts(40, window[0], stride[0]), window_starts(37, window[1], stride[1])
+    iy, ix = torch.arange(len(ys)).repeat_interleave(len(xs)), torch.arange(len(xs)).repeat(len(ys))
+    copy = inference_copy(model, x)
+    with window_forward(copy, x, base, window, ys, xs, incremental=False) as full: ref = full(iy, ix)
+    with window_forward(copy, x, base, window, ys, xs) as fast:
+        assert (fast.__name__ == 'incremental') == (arch != 'reads_twice')  # unless it would be wrong
+        out = fast(iy, ix)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+    with torch.no_grad(): torch.testing.assert_close(copy(x), model(x))  # the convolution is back after the context
+    masked = x.clone()  # and the first window's logits are those of the occluded image itself
+    masked[..., :window[0], :window[1]] = base[..., :window[0], :window[1]]
+    with torch.no_grad(): torch.testing.assert_close(out[0], model(masked)[0], rtol=1e-4, atol=1e-5)
+
+
 def test_occlusion_map_baselines_faithfulness_refine(dls):
     learn = make_learner(dls, 'plain')
     item = dls.valid_ds[0]

@@ -16,6 +16,7 @@ from ..core import CnnTricksError, check_choice, check_positive, preserve_model
 from .inputs import _stats, image_batch, to_display
 from .inference_copy import inference_copy
 from .memformat import memory_format
+from .window_forward import window_forward
 from .plots import finish, overlay, to_hwc
 
 __all__ = ['window_starts', 'occlusion_baseline', 'auto_batch_size', 'occlusion_drops', 'drops_to_map',
@@ -83,28 +84,21 @@ def auto_batch_size(model, x, cap=None) -> int:
 
 
 def occlusion_drops(model, x, base, target, window=(16, 16), stride=(8, 8), output='prob', batch_size=64,
-                    todo=None, progress=True, channels_last=True):
+                    todo=None, progress=True, channels_last=True, incremental=True):
     """Target score of `x` minus that with each window replaced by `base`; -> (score of x, drops (nh, nw)).
-    `todo` (nh, nw) bool: evaluate only these windows (others are NaN). Perturbed batches are built in one
-    vectorized `where` (no per-window Python loop), in the memory format the model runs in."""
+    `todo` (nh, nw) bool: evaluate only these windows (others are NaN). Windows go through `window_forward`
+    (with `incremental` the first convolution is computed incrementally: `model` must be a throw-away copy)."""
     _, c, h, w = x.shape
     ys, xs = window_starts(h, window[0], stride[0]).to(x.device), window_starts(w, window[1], stride[1]).to(x.device)
     with torch.no_grad():
         score = _score(model(_in_format(x, channels_last)), target, output)[0]
         todo = torch.ones(len(ys), len(xs), dtype=torch.bool, device=x.device) if todo is None else todo.to(x.device)
         pos = todo.nonzero()
-        x_hwc, base_hwc = x.permute(0, 2, 3, 1), base.expand_as(x).permute(0, 2, 3, 1)
-        hh, ww = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
         drops = torch.full((len(ys), len(xs)), float('nan'), device=x.device)
         chunks = pos.split(batch_size)
-        for p in (progress_bar(chunks, leave=False) if progress and len(chunks) > 1 else chunks):
-            y0, x0 = ys[p[:, 0], None], xs[p[:, 1], None]
-            rows = (hh >= y0) & (hh < y0 + window[0])
-            cols = (ww >= x0) & (ww < x0 + window[1])
-            mask = (rows[:, :, None] & cols[:, None, :])[..., None]  # (B, H, W, 1)
-            xb = torch.where(mask, base_hwc, x_hwc).permute(0, 3, 1, 2)  # NCHW view of NHWC (channels-last) memory
-            if not channels_last: xb = xb.contiguous()
-            drops[p[:, 0], p[:, 1]] = score - _score(model(xb), target, output)
+        with window_forward(model, x, base, window, ys, xs, channels_last, incremental) as forward:
+            for p in (progress_bar(chunks, leave=False) if progress and len(chunks) > 1 else chunks):
+                drops[p[:, 0], p[:, 1]] = score - _score(forward(p[:, 0], p[:, 1]), target, output)
     return score, drops
 
 
@@ -129,11 +123,13 @@ def _refine_estimate(drops, done):
 
 
 def occlusion_attribution(model, x, target=None, window=16, stride=8, baseline=0., output='prob', batch_size=None,
-                          channels_last=True, refine=None, stats=None, progress=True, fold_bn=True):
+                          channels_last=True, refine=None, stats=None, progress=True, fold_bn=True,
+                          incremental=True):
     """Occlusion map of `x` (1, C, H, W, model-input space) for class `target` (default: the predicted class).
     `refine`: coarse-to-fine -- evaluate every other window, then only those whose evaluated neighbours differ by
     more than `refine` times the range of drops. The windows run through an `inference_copy` of `model` (eval,
-    channels-last if asked, BatchNorms folded when `fold_bn`); `model` itself is left as found.
+    channels-last if asked, BatchNorms folded when `fold_bn`, the first convolution computed only around each window
+    when `incremental`); `model` itself is left as found.
     -> (map (H, W), target, score)."""
     window = (window, window) if isinstance(window, int) else tuple(window)
     stride = (stride, stride) if isinstance(stride, int) else tuple(stride)
@@ -160,18 +156,18 @@ def occlusion_attribution(model, x, target=None, window=16, stride=8, baseline=0
         nh, nw = len(window_starts(h, window[0], stride[0])), len(window_starts(w, window[1], stride[1]))
         if refine is None:
             score, drops = occlusion_drops(model, x, base, target, window, stride, output, bs, None, progress,
-                                           channels_last)
+                                           channels_last, incremental)
         else:
             iy, ix = torch.arange(nh)[:, None], torch.arange(nw)[None]
             coarse = ((iy % 2 == 0) | (iy == nh - 1)) & ((ix % 2 == 0) | (ix == nw - 1))
             score, drops = occlusion_drops(model, x, base, target, window, stride, output, bs, coarse, progress,
-                                           channels_last)
+                                           channels_last, incremental)
             done = coarse.to(drops.device)
             est, spread = _refine_estimate(drops, done)
             todo = ~done & (spread > refine * (drops[done].max() - drops[done].min()))
             if todo.any():
                 _, fine = occlusion_drops(model, x, base, target, window, stride, output, bs, todo, False,
-                                          channels_last)
+                                          channels_last, incremental)
                 drops = torch.where(todo, fine, drops)
             drops = torch.where(torch.isnan(drops), est, drops)
     return drops_to_map(drops, (h, w), window, stride).cpu(), target, float(score)
@@ -207,6 +203,7 @@ def occlusion_map(self: Learner, img,  # anything `learn.predict` accepts, or a 
                   channels_last: bool = True,  # run in channels-last memory format (faster); the model is restored
                   refine: float | None = None,  # coarse-to-fine: refine where neighbours differ by > this x range
                   fold_bn: bool = True,  # run a copy with BatchNorms folded into their convolutions (faster)
+                  incremental: bool = True,  # compute the first convolution only around each window (faster)
                   faithfulness: bool = False,  # also deletion/insertion curves and their AUC
                   progress: bool = True, show: bool = True):
     """Occlusion sensitivity: per pixel, the drop of the target's probability (or logit) when a window of the
@@ -217,7 +214,8 @@ def occlusion_map(self: Learner, img,  # anything `learn.predict` accepts, or a 
     model = self.model
     stats = _stats(self, x.device)
     attr, target, score = occlusion_attribution(model, x, target, window, stride, baseline, output, batch_size,
-                                                channels_last, refine, stats, progress, fold_bn)
+                                                channels_last, refine, stats, progress, fold_bn,
+                                                incremental)
     curves = None
     if faithfulness:
         base = occlusion_baseline(x, baseline, stats, window if isinstance(window, int) else window[0])
