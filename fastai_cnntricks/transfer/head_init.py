@@ -31,13 +31,14 @@ def train_features(learn: Learner, dl=None, max_batches: int | None = None):
 
 @patch
 def probe_init_head(self: Learner,
-                    wd: float = 1e-3,  # L2 on the probe's weights (as in a logistic regression's C = 1/wd)
+                    wd: float | None = None,  # L2 on the probe's weights (None: 1/n for n images, sklearn's C = 1)
                     max_iter: int = 100,  # L-BFGS iterations
                     dl=None,  # items to fit on (default: the training set, unshuffled, no random augmentation)
                     max_batches: int | None = None):  # fit on the first batches only (a quick reference probe)
     """Fit the head as a multinomial logistic regression on the frozen body's features (L-BFGS, to convergence) and
-    load it into the classifier. With 10 images per class an SGD head sees ~15 steps in 5 epochs; this one converges."""
-    check_positive('wd', wd, allow_zero=True)
+    load it into the classifier. With 10 images per class an SGD head sees ~15 steps in 5 epochs; this one converges.
+    The default L2 is scikit-learn's `LogisticRegression()` (C = 1 on the summed loss is 1/n on the mean loss)."""
+    if wd is not None: check_positive('wd', wd, allow_zero=True)
     head = head_module(getattr(self.model, 'module', self.model))
     if not isinstance(head, nn.Linear):
         raise CnnTricksError(f"probe_init_head needs a linear classifier as the head, found {type(head).__name__}")
@@ -50,6 +51,7 @@ def probe_init_head(self: Learner,
     b = torch.zeros(head.out_features, requires_grad=True)
     opt = torch.optim.LBFGS([w, b], max_iter=max_iter, line_search_fn='strong_wolfe')
     y = y.as_subclass(torch.Tensor).long().cpu(); x = x.cpu()
+    if wd is None: wd = 1. / len(y)
 
     def closure():
         opt.zero_grad()
