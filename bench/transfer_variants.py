@@ -4,11 +4,11 @@
 
 Variants: `base` (the defaults), or `_`-joined changes to them: `wdn` fits the probe head with L2 = 1/n (sklearn's
 C = 1; the default since it was measured here); `lrX` multiplies `auto_base_lr` by X; `headX` multiplies the head's
-LR (only) by X. Each fine-tuned model is also evaluated with its weights interpolated
-towards its start (the pretrained body with the probe head): `alpha` 1 is the fine-tuned model, 0 the probe (WiSE-FT,
-Wortsman et al. 2022). Variants of one seed see the same data in the same order (the shuffle RNG is reset), so
-their differences are paired. One torch thread, so it can run beside other work. Prints per-seed accuracies and
-mean ± sd; writes nothing."""
+LR (only) by X. Each fine-tuned model is also evaluated with its weights interpolated towards its start (the
+pretrained body with the probe head): `alpha` 1 is the fine-tuned model, 0 the probe (WiSE-FT, Wortsman et al. 2022). Variants of one seed see the same data in the same order (the shuffle RNG is reset), so
+their differences are paired. One torch thread, so it can run beside other work. Prints per-seed accuracies, means
+and paired differences; redirect that to bench/results/variants_<dataset>_<per_class>.txt (with the command on the
+first line) and `bench/collect.py` adds it to RESULTS.md."""
 import argparse
 import random
 import sys

@@ -69,10 +69,12 @@ def _span(starts, size, n, k, s, p, d):
 @contextmanager
 def window_forward(model, x, base, window, ys, xs, channels_last=True, incremental=True):
     """A context giving a function (iy, ix) -> logits of the image `x` (1, C, H, W) occluded by `base` in the
-    windows of `window` px starting at (ys[iy], xs[ix]), for index tensors iy, ix (B,). `model` must be a throw-away `inference_copy`: with
-    `incremental`, its first convolution is swapped for a stand-in fed with incrementally computed outputs until exit."""
+    windows of `window` px starting at (ys[iy], xs[ix]), for index tensors iy, ix (B,). `model` must be a throw-away
+    `inference_copy`: with `incremental`, its first convolution is swapped, until exit, for a stand-in fed with
+    incrementally computed outputs."""
     full = _full_forward(model, x, base, window, ys, xs, channels_last)
-    name, conv = _first_module(model, x.contiguous(memory_format=_fmt(channels_last))) if incremental else (None, None)
+    xm = x.contiguous(memory_format=_fmt(channels_last))
+    name, conv = _first_module(model, xm) if incremental else (None, None)
     if type(conv) is not nn.Conv2d or conv.padding_mode != 'zeros' or isinstance(conv.padding, str):
         yield full; return
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = conv.kernel_size, conv.stride, conv.padding, conv.dilation
@@ -84,7 +86,7 @@ def window_forward(model, x, base, window, ys, xs, channels_last=True, increment
     x_pad = F.pad(x, (pw, pw, ph, ph))[0]
     base_pad = F.pad(base.expand_as(x), (pw, pw, ph, ph))[0]
     fmt = _fmt(channels_last)
-    with torch.no_grad(): y_img = conv(x.contiguous(memory_format=fmt))
+    with torch.no_grad(): y_img = conv(xm)
     stand_in = _Precomputed()
     _set_module(model, name, stand_in)
     ar_y, ar_x = torch.arange(ly, device=x.device), torch.arange(lx, device=x.device)
