@@ -96,13 +96,13 @@ def test_fine_tune_gradual_runs_and_ends_all_trainable():
     assert tr[0, :-1].max() < 1 and tr[0, -1] == 1 and (tr[-1] == 1).all()
     assert lrs[-1, 0] < lrs[-1, -1]  # discriminative: the stem's LR below the head's
     with pytest.raises(CnnTricksError, match='epochs'): learn.fine_tune_gradual(0)
-    auto = auto_base_lr(dls)  # 4 images per class: 3e-4 * 4 / 100
-    assert auto == pytest.approx(3e-4 * 0.04) and auto * 0.5 < lrs[:, -1].max() <= auto * 1.0001
+    auto = auto_base_lr(dls)  # 4 images per class: 6e-4 * (4 / 100) ** 1.5
+    assert auto == pytest.approx(6e-4 * 0.008) and auto * 0.5 < lrs[:, -1].max() <= auto * 1.0001
 
 
 def test_auto_base_lr_scales_with_images_per_class():
     from types import SimpleNamespace
     dls = lambda n, c: SimpleNamespace(train_ds=range(n), c=c)
-    assert auto_base_lr(dls(5000, 10)) == auto_base_lr(dls(1000, 10)) == 3e-4
-    assert auto_base_lr(dls(100, 10)) == pytest.approx(3e-4 * 0.1)
+    assert auto_base_lr(dls(5000, 10)) == auto_base_lr(dls(1000, 10)) == 6e-4
+    assert auto_base_lr(dls(100, 10)) == pytest.approx(6e-4 * 0.1 ** 1.5)
     assert auto_base_lr(dls(250, 10), lr=1e-3, full_at=25) == 1e-3
