@@ -49,7 +49,10 @@ def perturbed_batches(x, window, stride, bs, channels_last):
 
 def bench_occlusion(arch, size, dev, rows, window=16, stride=8, ppe1=True):
     from captum.attr import Occlusion
-    model = timm.create_model(arch, pretrained=False, num_classes=1000).eval().to(dev)
+    # Random weights, but every residual branch live as in a trained network (timm zero-initialises resnets' last
+    # BatchNorm in each block, which would make the blocks pointwise and incremental occlusion unfairly cheap).
+    kw = dict(zero_init_last=False) if arch.startswith('resnet') else {}
+    model = timm.create_model(arch, pretrained=False, num_classes=1000, **kw).eval().to(dev)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(1, 3, size, size, generator=g).to(dev)
     n = len(window_starts(size, window, stride)) ** 2

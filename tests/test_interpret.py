@@ -239,31 +239,63 @@ class ReadsInputTwice(nn.Module):
     def forward(self, x): return self.fc(self.conv(x).mean((2, 3))) + x[..., :8, :8].mean((1, 2, 3))[:, None]
 
 
-@pytest.mark.parametrize('arch,window,stride', [('resnet10t', (8, 8), (4, 4)), ('dilated', (7, 10), (5, 3)),
-                                                ('reads_twice', (8, 8), (4, 4))])
-def test_window_forward_reuses_the_first_convolution_exactly(arch, window, stride):
+class SkipToHead(nn.Module):
+    "A chain a -> b, but the head reads a's output too: only `a` may be computed incrementally."
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.Linear(16, 4)
+    def forward(self, x):
+        a = self.a(x)
+        return self.fc(torch.cat([self.b(a).mean((2, 3)), a.amax((2, 3))], 1))
+
+
+@pytest.mark.parametrize('arch,window,stride,units', [
+    ('resnet10t', (8, 8), (4, 4), ['conv1.0', 'layer1.0']), ('dilated', (7, 10), (5, 3), ['0', '1']),
+    ('reads_twice', (8, 8), (4, 4), []), ('skip_to_head', (8, 8), (4, 4), ['a'])])
+def test_window_forward_computes_the_opening_layers_exactly(arch, window, stride, units):
     import timm
     from fastai_cnntricks.interpret.window_forward import window_forward
     from fastai_cnntricks.interpret.inference_copy import inference_copy
     from fastai_cnntricks.interpret.occlusion import window_starts
     torch.manual_seed(0)
-    model = {'resnet10t': lambda: timm.create_model('resnet10t', num_classes=4),
+    model = {'resnet10t': lambda: timm.create_model('resnet10t', num_classes=4, zero_init_last=False),
              'dilated': lambda: nn.Sequential(nn.Conv2d(3, 8, 5, stride=3, padding=2, dilation=2), nn.ReLU(),
                                               nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)),
-             'reads_twice': ReadsInputTwice}[arch]().eval()
-    x, base = torch.randn(1, 3, 40, 37), torch.randn(1, 3, 40, 37)
-    ys, xs = window_starts(40, window[0], stride[0]), window_starts(37, window[1], stride[1])
+             'reads_twice': ReadsInputTwice, 'skip_to_head': SkipToHead}[arch]().eval()
+    random_bn_stats(model)
+    h, w = 96, 93  # odd: crops must keep the stride phase and the padding of the full map
+    x, base = torch.randn(1, 3, h, w), torch.randn(1, 3, h, w)
+    ys, xs = window_starts(h, window[0], stride[0]), window_starts(w, window[1], stride[1])
     iy, ix = torch.arange(len(ys)).repeat_interleave(len(xs)), torch.arange(len(xs)).repeat(len(ys))
     copy = inference_copy(model, x)
     with window_forward(copy, x, base, window, ys, xs, incremental=False) as full: ref = full(iy, ix)
     with window_forward(copy, x, base, window, ys, xs) as fast:
-        assert (fast.__name__ == 'incremental') == (arch != 'reads_twice')  # unless it would be wrong
+        assert all(u in fast.units for u in units) and (units or not fast.units)  # nothing, where it would be wrong
         out = fast(iy, ix)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
-    with torch.no_grad(): torch.testing.assert_close(copy(x), model(x))  # the convolution is back after the context
+    with torch.no_grad(): torch.testing.assert_close(copy(x), model(x))  # the modules are back after the context
     masked = x.clone()  # and the first window's logits are those of the occluded image itself
     masked[..., :window[0], :window[1]] = base[..., :window[0], :window[1]]
     with torch.no_grad(): torch.testing.assert_close(out[0], model(masked)[0], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('module,geometry', [
+    (nn.Conv2d(3, 4, 7, 2, 3), ((2, 3, 3), (2, 3, 3))), (nn.MaxPool2d(3, 2, 1), ((2, 1, 1), (2, 1, 1))),
+    (nn.Conv2d(3, 4, (3, 5), 1, (0, 4), dilation=(1, 2)), ((1, 0, 2), (1, 4, 4))), (nn.ReLU(), ((1, 0, 0), (1, 0, 0))),
+    (nn.AdaptiveAvgPool2d(1), None), (nn.Sequential(nn.Conv2d(3, 4, 3, 2, 1), nn.Conv2d(4, 4, 3, 1, 1)), ((2, 3, 3),) * 2)])
+def test_local_geometry_measures_receptive_fields(module, geometry):
+    from fastai_cnntricks.interpret.receptive_field import local_geometry
+    assert local_geometry(module, torch.randn(1, 3, 64, 61)) == geometry
+
+
+def test_forward_chain_splits_sequences_and_keeps_blocks_whole():
+    import timm
+    from fastai_cnntricks.interpret.call_chain import forward_chain
+    model = timm.create_model('resnet10t', num_classes=4).eval()
+    names = [n for n, _ in forward_chain(model, torch.randn(1, 3, 32, 32))]
+    assert names[:9] == [f'conv1.{i}' for i in range(7)] + ['bn1', 'act1'] and 'layer1.0' in names
+    assert names[-1] == 'fc' and not any(n.startswith('layer1.0.') for n in names)  # a residual block stays whole
+    assert [n for n, _ in forward_chain(SkipToHead(), torch.randn(1, 3, 16, 16))] == ['a', 'b']
 
 
 def test_occlusion_map_baselines_faithfulness_refine(dls):

@@ -87,7 +87,8 @@ def occlusion_drops(model, x, base, target, window=(16, 16), stride=(8, 8), outp
                     todo=None, progress=True, channels_last=True, incremental=True):
     """Target score of `x` minus that with each window replaced by `base`; -> (score of x, drops (nh, nw)).
     `todo` (nh, nw) bool: evaluate only these windows (others are NaN). Windows go through `window_forward`
-    (with `incremental` the first convolution is computed incrementally: `model` must be a throw-away copy)."""
+    (with `incremental` the opening layers are computed only around each window: `model` must be a throw-away
+    copy)."""
     _, c, h, w = x.shape
     ys, xs = window_starts(h, window[0], stride[0]).to(x.device), window_starts(w, window[1], stride[1]).to(x.device)
     with torch.no_grad():
@@ -128,8 +129,8 @@ def occlusion_attribution(model, x, target=None, window=16, stride=8, baseline=0
     """Occlusion map of `x` (1, C, H, W, model-input space) for class `target` (default: the predicted class).
     `refine`: coarse-to-fine -- evaluate every other window, then only those whose evaluated neighbours differ by
     more than `refine` times the range of drops. The windows run through an `inference_copy` of `model` (eval,
-    channels-last if asked, BatchNorms folded when `fold_bn`, the first convolution computed only around each window
-    when `incremental`); `model` itself is left as found.
+    channels-last if asked, BatchNorms folded when `fold_bn`, the opening layers computed only around each window when
+    `incremental`); `model` itself is left as found.
     -> (map (H, W), target, score)."""
     window = (window, window) if isinstance(window, int) else tuple(window)
     stride = (stride, stride) if isinstance(stride, int) else tuple(stride)
@@ -203,7 +204,7 @@ def occlusion_map(self: Learner, img,  # anything `learn.predict` accepts, or a 
                   channels_last: bool = True,  # run in channels-last memory format (faster); the model is restored
                   refine: float | None = None,  # coarse-to-fine: refine where neighbours differ by > this x range
                   fold_bn: bool = True,  # run a copy with BatchNorms folded into their convolutions (faster)
-                  incremental: bool = True,  # compute the first convolution only around each window (faster)
+                  incremental: bool = True,  # compute the opening layers only around each window (faster)
                   faithfulness: bool = False,  # also deletion/insertion curves and their AUC
                   progress: bool = True, show: bool = True):
     """Occlusion sensitivity: per pixel, the drop of the target's probability (or logit) when a window of the
