@@ -79,20 +79,21 @@ class _CropStep:
         self.pointwise = geometry == ((1, 0, 0), (1, 0, 0))
         self.p_in, self.m_in, self.stride = p_in, m_in, (geometry[0][0], geometry[1][0])
         (self.my, self.j0y, self.ly, self.c0y), (self.mx, self.j0x, self.lx, self.c0x) = plan_y, plan_x
-        dev = act.device
-        self.ar = [torch.arange(k, device=dev) for k in (self.ly, self.lx, m_in[0], m_in[1], self.my, self.mx)]
+        ar = lambda k: torch.arange(k, device=act.device)
+        self.ar_ly, self.ar_lx, self.ar_hy, self.ar_hx = ar(self.ly), ar(self.lx), ar(m_in[0]), ar(m_in[1])
+        self.ar_my, self.ar_mx = ar(self.my), ar(self.mx)
 
-    def __call__(self, patch, iy, ix):  # patch (B, h, w, C) at self.p_in[...][iy / ix] -> the next patch
+    def __call__(self, patch, iy, ix, b):  # patch (B, h, w, C) at self.p_in[...][iy / ix]; b: arange(B)[:, None, None]
         if self.pointwise: return self.module(patch.permute(0, 3, 1, 2).contiguous(memory_format=self.fmt)
                                               ).permute(0, 2, 3, 1)
-        ar_ly, ar_lx, ar_hy, ar_hx, ar_my, ar_mx = self.ar
-        c0y, c0x, b = self.c0y[iy], self.c0x[ix], torch.arange(len(iy), device=iy.device)[:, None, None]
-        crop = self.act[(c0y[:, None] + ar_ly)[:, :, None], (c0x[:, None] + ar_lx)[:, None, :]]  # (B, Ly, Lx, C)
-        crop[b, (self.p_in[0][iy] - c0y)[:, None, None] + ar_hy[:, None],
-             (self.p_in[1][ix] - c0x)[:, None, None] + ar_hx] = patch
+        c0y, c0x = self.c0y[iy], self.c0x[ix]
+        # (B, Ly, Lx, C): the image's activations around the window, then its changed patch pasted in
+        crop = self.act[(c0y[:, None] + self.ar_ly)[:, :, None], (c0x[:, None] + self.ar_lx)[:, None, :]]
+        crop[b, (self.p_in[0][iy] - c0y)[:, None, None] + self.ar_hy[:, None],
+             (self.p_in[1][ix] - c0x)[:, None, None] + self.ar_hx] = patch
         out = self.module(crop.permute(0, 3, 1, 2).contiguous(memory_format=self.fmt)).permute(0, 2, 3, 1)
-        return out[b, (self.j0y[iy] - c0y // self.stride[0])[:, None, None] + ar_my[:, None],
-                   (self.j0x[ix] - c0x // self.stride[1])[:, None, None] + ar_mx]
+        return out[b, (self.j0y[iy] - c0y // self.stride[0])[:, None, None] + self.ar_my[:, None],
+                   (self.j0x[ix] - c0x // self.stride[1])[:, None, None] + self.ar_mx]  # the next patch
 
 
 def _plan(model, xm, window, ys, xs, fmt, max_crop):
@@ -128,12 +129,12 @@ def _incremental_forward(model, x, base, window, ys, xs, fmt, plan):
                   & ((cols >= xs[ix][:, None]) & (cols < xs[ix][:, None] + window[1]))[:, None, :, None])
         patch = torch.where(inside, base_hwc[rows[:, :, None], cols[:, None, :]],
                             x_hwc[rows[:, :, None], cols[:, None, :]])  # (B, wy, wx, C): the occluded pixels
-        for step in steps: patch = step(patch, iy, ix)
         b, s = len(iy), steps[-1]
-        out = last.expand(b, -1, -1, -1).contiguous(memory_format=fmt)
         bi = torch.arange(b, device=x.device)[:, None, None]
-        out.permute(0, 2, 3, 1)[bi, (s.j0y[iy][:, None] + s.ar[4])[:, :, None],
-                                (s.j0x[ix][:, None] + s.ar[5])[:, None, :]] = patch  # the changed patch pasted in
+        for step in steps: patch = step(patch, iy, ix, bi)
+        out = last.expand(b, -1, -1, -1).contiguous(memory_format=fmt)
+        out.permute(0, 2, 3, 1)[bi, (s.j0y[iy][:, None] + s.ar_my)[:, :, None],
+                                (s.j0x[ix][:, None] + s.ar_mx)[:, None, :]] = patch  # the changed patch pasted in
         stand_ins[-1].out = out
         try: return model(nan.expand(b, -1, -1, -1))
         finally: stand_ins[-1].out = None
