@@ -1,32 +1,127 @@
 "Shared plumbing: layer lookup by name, leaving a model as found, normalization stats, clear errors."
 from __future__ import annotations
-import difflib
+import difflib, math, numbers
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 from torch import nn
 
 __all__ = ['CnnTricksError', 'get_layer', 'layer_name', 'model_snapshot', 'preserve_model', 'norm_stats',
-           'model_device', 'check_choice', 'check_positive']
+           'model_device', 'check_choice', 'check_bool', 'check_number', 'check_positive', 'check_int',
+           'check_count', 'check_fraction', 'check_range', 'check_seed', 'check_type']
 
 
 class CnnTricksError(ValueError):
     "An error the user can fix: the message says what was wrong and what is valid."
 
 
+# ---- The one set of argument validators every module uses. Each returns the cleaned value and raises a
+# CnnTricksError naming the argument, the value and what is valid. Booleans are never numbers here
+# (`True` is an int to Python, but `size=True` is a mistake), nor are NaN and inf unless asked for.
+
+def _fail(name, value, valid):
+    raise CnnTricksError(f"{name}={value!r} is not valid; {valid}")
+
+
+def _is_number(value):
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
 def check_choice(name, value, valid):
     "Raise if `value` is not one of `valid`, naming the argument `name`."
-    if value not in valid:
-        raise CnnTricksError(f"{name}={value!r} is not valid; choose one of {', '.join(map(repr, valid))}")
+    try: ok = value in valid
+    except TypeError: ok = False  # unhashable values against a set
+    if not ok: _fail(name, value, f"choose one of {', '.join(map(repr, valid))}")
     return value
+
+
+def check_bool(name, value):
+    "Raise unless `value` is True or False."
+    if not isinstance(value, (bool, np.bool_)): _fail(name, value, "use True or False")
+    return bool(value)
+
+
+def _num_text(v):
+    return str(int(v)) if float(v).is_integer() else f"{v:g}"
+
+
+def _bounds_text(lo, hi, lo_open, hi_open):
+    parts = []
+    if lo is not None: parts.append(f"{'>' if lo_open else '>='} {_num_text(lo)}")
+    if hi is not None: parts.append(f"{'<' if hi_open else '<='} {_num_text(hi)}")
+    return ' and '.join(parts)
+
+
+def check_number(name, value, lo=None, hi=None, lo_open=False, hi_open=False, allow_none=False, allow_inf=False):
+    "A finite real number (not a bool) within [`lo`, `hi`] (open ends with `lo_open`/`hi_open`); returns a float."
+    if value is None and allow_none: return None
+    bounds = _bounds_text(lo, hi, lo_open, hi_open)
+    what = f"it must be a {'' if allow_inf else 'finite '}number" + (f" {bounds}" if bounds else '')
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.dtype.is_complex and value.dtype != torch.bool:
+        value = value.item()
+    if not _is_number(value) or math.isnan(value) or (math.isinf(value) and not allow_inf): _fail(name, value, what)
+    v = float(value)
+    if lo is not None and (v <= lo if lo_open else v < lo): _fail(name, value, what)
+    if hi is not None and (v >= hi if hi_open else v > hi): _fail(name, value, what)
+    return v
 
 
 def check_positive(name, value, allow_zero=False):
-    "Raise unless `value` is a number > 0 (or >= 0 with `allow_zero`)."
-    ok = isinstance(value, (int, float)) and (value >= 0 if allow_zero else value > 0)
-    if not ok:
-        raise CnnTricksError(f"{name}={value!r} is not valid; it must be a number {'>=' if allow_zero else '>'} 0")
+    "A finite number > 0 (>= 0 with `allow_zero`); returned as given (an int stays an int)."
+    check_number(name, value, lo=0, lo_open=not allow_zero)
+    return value.item() if isinstance(value, (torch.Tensor, np.generic)) else value
+
+
+def check_int(name, value, lo=None, hi=None, allow_none=False):
+    "A whole number (an int or numpy integer, not a bool or a float such as 2.5) within [`lo`, `hi`]; returns an int."
+    if value is None and allow_none: return None
+    bounds = _bounds_text(lo, hi, False, False)
+    what = "it must be a whole number (int)" + (f" {bounds}" if bounds else '')
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Integral, torch.Tensor)): _fail(name, value, what)
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1 or value.dtype.is_floating_point or value.dtype == torch.bool: _fail(name, value, what)
+        value = value.item()
+    v = int(value)
+    if (lo is not None and v < lo) or (hi is not None and v > hi): _fail(name, value, what)
+    return v
+
+
+def check_count(name, value, allow_zero=False, allow_none=False):
+    "A count: a whole number >= 1 (>= 0 with `allow_zero`)."
+    return check_int(name, value, lo=0 if allow_zero else 1, allow_none=allow_none)
+
+
+def check_fraction(name, value, allow_zero=True, allow_one=False):
+    "A fraction in [0, 1) by default (validation splits, probabilities of leaving items out)."
+    return check_number(name, value, lo=0, hi=1, lo_open=not allow_zero, hi_open=not allow_one)
+
+
+def check_range(name, value, lo=None, hi=None):
+    "A (low, high) pair of finite numbers with low <= high, each within [`lo`, `hi`]; returns a tuple of floats."
+    bounds = _bounds_text(lo, hi, False, False)
+    what = "it must be a pair (low, high) of finite numbers with low <= high" + (f", each {bounds}" if bounds else '')
+    if not isinstance(value, (list, tuple)) or len(value) != 2: _fail(name, value, what)
+    try: a, b = (check_number(name, v, lo=lo, hi=hi) for v in value)
+    except CnnTricksError: _fail(name, value, what)
+    if a > b: _fail(name, value, what)
+    return a, b
+
+
+def check_seed(name, value, allow_none=True):
+    "A random seed: a whole number in [0, 2**32 - 1] (what numpy accepts), or None."
+    return check_int(name, value, lo=0, hi=2**32 - 1, allow_none=allow_none)
+
+
+def check_type(name, value, types, what):
+    "Raise unless `value` is an instance of `types`; `what` says what is valid (e.g. 'a fastai DataLoader')."
+    if not isinstance(value, types): raise CnnTricksError(f"{name}={_short(value)} is not valid; pass {what}")
     return value
+
+
+def _short(value):
+    r = repr(value)
+    return r if len(r) <= 80 else f"<{type(value).__name__}>"
 
 
 def _unwrap(model):
