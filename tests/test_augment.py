@@ -214,9 +214,12 @@ def test_zca_identity_covariance_and_errors():
     z = ZCAWhiten(eps=1e-6)
     with pytest.raises(CnnTricksError, match='not fitted'): z(x)
     z.fit(x)
-    w = z(x).flatten(1).double()
-    assert torch.allclose(torch.cov(w.T, correction=0), torch.eye(48, dtype=torch.float64), atol=1e-3)
+    w = z(x).flatten(1).double()  # Keras centres per channel: identity second moment (not covariance)
+    assert torch.allclose(w.T @ w / len(w), torch.eye(48, dtype=torch.float64), atol=1e-3)
     assert torch.allclose(z.decode(z(x)), x, atol=1e-3)
+    few = ZCAWhiten(eps=1e-6).fit(x[:10])  # 10 images, 48 dimensions: the 38 unseen directions are dropped
+    assert torch.linalg.matrix_rank(few.matrix.double(), atol=1e-6) == 10
+    assert few(x[10:]).abs().max() < 50 * x.abs().max()
     with pytest.raises(CnnTricksError, match='max_dim'): ZCAWhiten(max_dim=10).fit(x)
 
 
@@ -235,13 +238,13 @@ def test_bad_input_errors():
     with pytest.raises(CnnTricksError, match='width'): Shift(-.1)
     with pytest.raises(CnnTricksError, match='fill_mode'): Shift(fill_mode='mirror')
     with pytest.raises(CnnTricksError, match='min_zoom'): ZoomXY(1.2, 1.1)
-    with pytest.raises(CnnTricksError, match='brightness'): BrightnessFactor(1.2, .8)
+    with pytest.raises(CnnTricksError, match='min_factor'): BrightnessFactor(1.2, .8)
     with pytest.raises(CnnTricksError, match='brightness_range'): keras_tfms(brightness_range=.2)
     with pytest.raises(CnnTricksError, match='max_shift'): ChannelShift(-1)
     with pytest.raises(CnnTricksError, match='std'): GaussianNoise(-1)
     with pytest.raises(CnnTricksError, match='fill_mode'): keras_tfms(fill_mode='reflection')
     with pytest.raises(CnnTricksError, match='rotation_range'): keras_tfms(rotation_range=-5)
-    with pytest.raises(TypeError, match='featurewise_center'): keras_tfms(rotation=10)
+    with pytest.raises(TypeError, match='rotation'): keras_tfms(rotation=10)
 
 
 def test_keras_tfms_mapping():
@@ -283,5 +286,6 @@ def test_show_augmented_and_report_section():
     import matplotlib.figure
     fig = show_augmented(batch(n=1)[0], [Shear(20, p=1.), GaussianNoise(.1, p=1.)], n=3, seed=0)
     assert isinstance(fig, matplotlib.figure.Figure) and len([a for a in fig.axes if a.images]) == 4
+    from fastai_cnntricks.report.augmentation import augmentation_section
     html = augmentation_section(images=batch(n=1)[0], n=3)
     assert html.startswith('<section id="augmentation">') and 'data:image/png;base64,' in html

@@ -6,8 +6,11 @@ calls `grid_sample` a single time. Put them in `aug_transforms(xtra_tfms=[...])`
 `fuse_tfms` to get that single pass; the fill mode (constant with `cval`, nearest, reflect, wrap, or fastai's
 reflection/border/zeros) applies to the whole pass.
 
-Matrices map *output* coordinates to *input* coordinates in fastai's convention (normalized -1..1, linear
-part in pixel proportions, made square-aware by fastai's `_prepare_mat`).
+Matrices map *output* coordinates to *input* coordinates in fastai's convention: the linear part in pixel
+proportions (fastai's `_prepare_mat` makes it square-aware), the translation in normalized units (-1..1 across
+each axis). A plain product of such matrices is wrong on non-square images as soon as a rotation or shear meets a
+translation (the translation would be turned in normalized, not pixel, units), so `compose_mats` multiplies them
+in the true normalized frame; `AffineFill` and `apply_affine` compose that way.
 """
 from __future__ import annotations
 import math
@@ -15,28 +18,24 @@ from functools import partial
 
 import torch
 import torch.nn.functional as F
-from fastai.vision.augment import (AffineCoordTfm, LightingTfm, affine_mat, _draw_mask,
+from fastai.vision.augment import (AffineCoordTfm, LightingTfm, affine_mat, _draw_mask, _init_mat,
                                    _prepare_mat)
 from fastai.torch_core import TensorImage, TensorMask
 from fastai.vision.core import TensorPoint, TensorBBox
 from fastcore.foundation import L
 
-from ..core import CnnTricksError, check_choice
-from .pixel import PixelTfm, PixelChain
+from ..core import CnnTricksError, check_bool, check_choice, check_number
+from ._checks import check_common, check_draw, check_size, check_transforms
+from .pixel import PixelTfm, PixelChain, _uniform
 
-__all__ = ['FILL_MODES', 'affine_grid_fast', 'fill_sample', 'apply_affine', 'shear_mat', 'shift_mat', 'zoomxy_mat', 'vflip_mat',
+__all__ = ['FILL_MODES', 'MODES', 'affine_grid_fast', 'fill_sample', 'compose_mats', 'apply_affine', 'shear_mat', 'shift_mat', 'zoomxy_mat', 'vflip_mat',
            'AffineFill', 'Shear', 'Shift', 'ZoomXY', 'FlipVertical', 'fuse_tfms']
 
 # Keras names (constant, nearest, reflect, wrap) and fastai's PadMode names (zeros, border, reflection).
 FILL_MODES = ('constant', 'nearest', 'reflect', 'wrap', 'zeros', 'border', 'reflection')
 _NATIVE = dict(constant='zeros', zeros='zeros', nearest='border', border='border', reflection='reflection',
                reflect='border', wrap='border')
-
-
-def _check_range(name, value, allow_zero=True):
-    if not isinstance(value, (int, float)) or value < 0 or (value == 0 and not allow_zero):
-        raise CnnTricksError(f"{name}={value!r} is not valid; it must be a number >= 0")
-    return value
+MODES = ('bilinear', 'nearest', 'bicubic')  # `F.grid_sample`'s interpolation modes
 
 
 def affine_grid_fast(theta, size, align_corners=False):
@@ -89,9 +88,35 @@ def fill_sample(x: torch.Tensor, coords: torch.Tensor, mode='bilinear', fill_mod
     return F.grid_sample(x, coords, mode, _NATIVE[fill_mode], align_corners)
 
 
+def _square_aware(m, h, w, inverse=False):
+    "fastai-convention (N,3,3) matrices <-> matrices in the true normalized frame (what `_prepare_mat` does)."
+    m = m.clone()
+    m[:, 0, 1] *= w / h if inverse else h / w
+    m[:, 1, 0] *= h / w if inverse else w / h
+    return m
+
+
+def compose_mats(x, mats):
+    """The product of fastai-convention output->input matrices `mats` (first applied to the output coordinates
+    first), multiplied in the true normalized frame of `x`'s size so that translations meet rotations and shears in
+    pixel units on non-square images too; returned in fastai's convention."""
+    h, w = getattr(x, 'img_size', None) or x.shape[-2:]
+    res = _init_mat(x)
+    for m in mats:
+        if m is not None: res = res @ _square_aware(m, h, w)
+    return _square_aware(res, h, w, inverse=True)
+
+
 def apply_affine(x, mat, size=None, mode=None, fill_mode='reflection', cval=0., align_corners=False):
-    """Resample the batch `x` (`TensorImage` or `TensorMask`) once by the (N,3,3) output->input matrices `mat`
-    (as drawn by `shear_mat`, fastai's `rotate_mat`, ... and multiplied): the deterministic entry point."""
+    """Resample the batch `x` (`TensorImage` or `TensorMask`) once by the (N,3,3) output->input matrices `mat` (as
+    drawn by `shear_mat`, fastai's `rotate_mat`, ...), or by a list of them composed with `compose_mats`: the
+    deterministic entry point."""
+    check_size('size', size)
+    if mode is not None: check_choice('mode', mode, MODES)
+    check_choice('fill_mode', fill_mode, FILL_MODES)
+    check_number('cval', cval)
+    check_bool('align_corners', align_corners)
+    if isinstance(mat, (list, tuple)): mat = compose_mats(x, mat)
     is_mask = isinstance(x, TensorMask)
     mode = mode or ('nearest' if is_mask else 'bilinear')
     xf = (x[:, None] if x.ndim == 3 else x).float() if is_mask else x
@@ -105,53 +130,48 @@ def apply_affine(x, mat, size=None, mode=None, fill_mode='reflection', cval=0., 
     return TensorImage(res)
 
 
-def _uniform(lo, hi):
-    return lambda x: x.new_empty(x.size(0)).uniform_(lo, hi)
-
-
-def _uniform_b(lo, hi):
-    return lambda x: x.new_zeros(x.size(0)) + float(torch.empty(()).uniform_(lo, hi))
-
-
 def shear_mat(x, max_deg=10., p=0.5, draw=None, keras=False, batch=False):
     """Random shear matrices, angle uniform in [-max_deg, max_deg] degrees (per image, with probability `p`).
-    Default: a pure horizontal shear, content point (x, y) -> (x + tan(a)*y, y). `keras=True`: ImageDataGenerator's
-    own matrix (rows -> rows - sin(a)*cols, cols -> cos(a)*cols)."""
-    a = _draw_mask(x, (_uniform_b if batch else _uniform)(-max_deg, max_deg), draw=draw, p=p, batch=batch)
+    Default: a pure horizontal shear, content point (x, y) -> (x + tan(a)*y, y). `keras=True`: the matrix Keras 3's
+    ImageDataGenerator applies (input x = x - sin(a)*y, input y = cos(a)*y: the same horizontal shear, content
+    also stretched by 1/cos(a) vertically)."""
+    a = _draw_mask(x, lambda x: _uniform(x, -max_deg, max_deg, batch), draw=draw, p=p, batch=batch)
     a = a * math.pi / 180
     z, o = torch.zeros_like(a), torch.ones_like(a)
-    if keras: return affine_mat(a.cos(), z, z, -a.sin(), o, z)
+    if keras: return affine_mat(o, -a.sin(), z, z, a.cos(), z)
     return affine_mat(o, -a.tan(), z, z, o, z)
 
 
-def _shift_draw(rng, n, align_corners, batch):
-    "Draw shifts (in pixels) as Keras does: float -> uniform, int -> integer choices, list -> choices."
+def _is_whole(v): return isinstance(v, int) or (hasattr(v, 'dtype') and getattr(v.dtype, 'kind', '') in 'iu')
+
+
+def _shift_draw(rng, batch):
+    """Draw shifts as Keras' `get_random_transform` does: a float r uniformly from [-r, r]; an int r from 0..r-1
+    (`np.random.choice(r)`) and a list from its values, each times a random sign (so 0 of an int range is drawn
+    twice as often as any other value, and an int range 1 never shifts)."""
     def draw(x):
-        if isinstance(rng, (list, tuple)):
-            vals = torch.tensor(rng, dtype=x.dtype, device=x.device)
-            idx = torch.randint(len(vals), (1 if batch else x.size(0),), device=x.device)
-            d = vals[idx].expand(x.size(0)).clone()
-        elif isinstance(rng, int) and rng >= 1:
-            d = torch.randint(-rng + 1, rng, (1 if batch else x.size(0),), device=x.device).to(x.dtype)
-            d = d.expand(x.size(0)).clone()
-        else: d = (_uniform_b if batch else _uniform)(-rng, rng)(x)
-        return d
+        k = 1 if batch else x.size(0)
+        if not isinstance(rng, (list, tuple)) and not rng: return x.new_zeros(x.size(0))  # Keras: 0 is off
+        if not (isinstance(rng, (list, tuple)) or _is_whole(rng)): return _uniform(x, -rng, rng, batch)
+        vals = torch.tensor(list(rng) if isinstance(rng, (list, tuple)) else range(int(rng)), dtype=x.dtype,
+                            device=x.device)
+        sign = torch.randint(2, (k,), device=x.device).to(x.dtype) * 2 - 1
+        return (vals[torch.randint(len(vals), (k,), device=x.device)] * sign).expand(x.size(0)).clone()
     return draw
 
 
 def _px(rng, n):
-    "Keras: ranges below 1 are fractions of the size, from 1 on they are pixels."
-    mx = max(abs(v) for v in rng) if isinstance(rng, (list, tuple)) else rng
-    return n if mx < 1 else 1
+    "Keras: a range whose largest value is below 1 is a fraction of the size; otherwise pixels."
+    return n if (max(rng) if isinstance(rng, (list, tuple)) else rng) < 1 else 1
 
 
 def shift_mat(x, width=0.1, height=0.1, p=0.5, draw_x=None, draw_y=None, align_corners=False, batch=False):
     """Random translations: content moves right by dx and down by dy (like `torch.roll`), dx drawn from `width`
-    and dy from `height`, each a fraction of the size when < 1 and pixels from 1 on, as Keras (a float draws
-    uniformly from +-range, an int `n` from the integers -n+1..n-1, a list from its values)."""
+    and dy from `height`, each a fraction of the size when < 1 and pixels from 1 on, drawn as Keras draws them
+    (see `_shift_draw`)."""
     h, w = x.shape[-2:]
-    dx = _draw_mask(x, _shift_draw(width, w, align_corners, batch), draw=draw_x, p=p, batch=batch) * _px(width, w)
-    dy = _draw_mask(x, _shift_draw(height, h, align_corners, batch), draw=draw_y, p=p, batch=batch) * _px(height, h)
+    dx = _draw_mask(x, _shift_draw(width, batch), draw=draw_x, p=p, batch=batch) * _px(width, w)
+    dy = _draw_mask(x, _shift_draw(height, batch), draw=draw_y, p=p, batch=batch) * _px(height, h)
     # pixels -> normalized units; minus because the matrix maps output to input
     sx, sy = (2 / (w - 1), 2 / (h - 1)) if align_corners else (2 / w, 2 / h)
     z, o = torch.zeros_like(dx), torch.ones_like(dx)
@@ -162,7 +182,7 @@ def zoomxy_mat(x, min_zoom=1., max_zoom=1.1, p=0.5, draw_x=None, draw_y=None, ke
     """Random anisotropic zoom about the centre: factors zx, zy drawn independently from [min_zoom, max_zoom]
     (> 1 enlarges the content, as fastai's `Zoom`). `keras=True`: the factors are Keras' grid scales
     (> 1 shrinks the content), drawn uniformly as ImageDataGenerator does."""
-    d = (_uniform_b if batch else _uniform)(min_zoom, max_zoom)
+    d = lambda x: _uniform(x, min_zoom, max_zoom, batch)
     zx = _draw_mask(x, d, draw=draw_x, p=p, neutral=1., batch=batch)
     zy = _draw_mask(x, d, draw=draw_y, p=p, neutral=1., batch=batch)
     sx, sy = (zx, zy) if keras else (1 / zx, 1 / zy)
@@ -190,8 +210,12 @@ class AffineFill(AffineCoordTfm):
                  mode_mask='nearest',  # interpolation for `TensorMask`
                  align_corners=False,  # `F.grid_sample` align_corners
                  **kwargs):
+        check_size('size', size)
+        check_choice('mode', mode, MODES)
         check_choice('fill_mode', fill_mode, FILL_MODES)
-        if not isinstance(cval, (int, float)): raise CnnTricksError(f"cval={cval!r} is not valid; it must be a number")
+        check_number('cval', cval)
+        check_choice('mode_mask', mode_mask, ('nearest', 'bilinear'))
+        check_bool('align_corners', align_corners)
         super().__init__(aff_fs, coord_fs, size=size, mode=mode, pad_mode=_NATIVE[fill_mode], mode_mask=mode_mask,
                          align_corners=align_corners, **kwargs)
         self.fill_mode, self.cval = fill_mode, cval
@@ -200,7 +224,8 @@ class AffineFill(AffineCoordTfm):
         # fastai's tensor subclasses send each of the ~150 tiny ops that draw the matrices through
         # __torch_function__ (about 4 ms a batch on CPU): draw them on plain tensors
         with torch._C.DisableTorchFunctionSubclass():
-            return super()._get_affine_mat(x).as_subclass(torch.Tensor)
+            mats = [] if self.split_idx else [f(x) for f in self.aff_fs]
+            return _prepare_mat(x, compose_mats(x, mats)).as_subclass(torch.Tensor)
 
     def _sample(self, x, mode):
         h, w = x.shape[-2:]
@@ -241,7 +266,8 @@ class Shear(AffineFill):
                  keras=False,  # use ImageDataGenerator's shear matrix instead of a pure horizontal shear
                  batch=False,  # one draw for the whole batch
                  **kwargs):  # size, mode, fill_mode, cval, align_corners (see `AffineFill`)
-        _check_range('max_deg', max_deg)
+        check_number('max_deg', max_deg, lo=0, hi=90, hi_open=True)
+        check_common(p, batch); check_draw('draw', draw); check_bool('keras', keras)
         self.max_deg, self.keras = max_deg, keras
         super().__init__(partial(shear_mat, max_deg=max_deg, p=p, draw=draw, keras=keras, batch=batch),
                          **{**_TKW, **kwargs})
@@ -249,6 +275,17 @@ class Shear(AffineFill):
     def _fixed_mat(self, x, magnitude):
         "magnitude: shear angle in degrees."
         return shear_mat(x, p=1., draw=magnitude, keras=self.keras)
+
+
+def _check_shift_range(name, value):
+    "A shift range as Keras takes it: a number >= 0, or a non-empty list of numbers."
+    valid = "it must be a number >= 0 (a fraction of the size if < 1, pixels otherwise) or a list of shifts"
+    if isinstance(value, (list, tuple)):
+        if not value: raise CnnTricksError(f"{name}={value!r} is not valid; {valid}")
+        for v in value: check_number(name, v)
+        return list(value)
+    check_number(name, value, lo=0)
+    return value
 
 
 class Shift(AffineFill):
@@ -261,12 +298,8 @@ class Shift(AffineFill):
                  draw_y=None,  # fixed vertical shift(s) in the units of `height`
                  batch=False,  # one draw for the whole batch
                  **kwargs):  # size, mode, fill_mode, cval, align_corners
-        for nm, v in (('width', width), ('height', height)):
-            vals = v if isinstance(v, (list, tuple)) else [v]
-            if not vals or not all(isinstance(o, (int, float)) for o in vals) or (
-                    not isinstance(v, (list, tuple)) and v < 0):
-                raise CnnTricksError(f"{nm}={v!r} is not valid; it must be a number >= 0 (fraction of the size "
-                                     "if < 1, pixels otherwise) or a list of shifts")
+        for nm, v in (('width', width), ('height', height)): _check_shift_range(nm, v)
+        check_common(p, batch); check_draw('draw_x', draw_x); check_draw('draw_y', draw_y)
         self.width, self.height = width, height
         kw = {**_TKW, **kwargs}
         super().__init__(partial(shift_mat, width=width, height=height, p=p, draw_x=draw_x, draw_y=draw_y,
@@ -291,9 +324,10 @@ class ZoomXY(AffineFill):
                  keras=False,  # factors are Keras grid scales (> 1 shrinks the content)
                  batch=False,
                  **kwargs):  # size, mode, fill_mode, cval, align_corners
-        for nm, v in (('min_zoom', min_zoom), ('max_zoom', max_zoom)): _check_range(nm, v, allow_zero=False)
+        for nm, v in (('min_zoom', min_zoom), ('max_zoom', max_zoom)): check_number(nm, v, lo=0, lo_open=True)
         if min_zoom > max_zoom:
             raise CnnTricksError(f"min_zoom={min_zoom!r} is larger than max_zoom={max_zoom!r}; min_zoom <= max_zoom")
+        check_common(p, batch); check_draw('draw_x', draw_x); check_draw('draw_y', draw_y); check_bool('keras', keras)
         self.keras = keras
         super().__init__(partial(zoomxy_mat, min_zoom=min_zoom, max_zoom=max_zoom, p=p, draw_x=draw_x, draw_y=draw_y,
                                  keras=keras, batch=batch), **{**_TKW, **kwargs})
@@ -306,6 +340,7 @@ class ZoomXY(AffineFill):
 class FlipVertical(AffineFill):
     "Random vertical flip per image with probability `p` (Keras' `vertical_flip`), in fastai's single pass."
     def __init__(self, p=0.5, draw=None, batch=False, **kwargs):
+        check_common(p, batch); check_draw('draw', draw)
         super().__init__(partial(vflip_mat, p=p, draw=draw, batch=batch), **{**_TKW, **kwargs})
 
     def _fixed_mat(self, x, magnitude):
@@ -313,14 +348,19 @@ class FlipVertical(AffineFill):
         return vflip_mat(x, p=1., draw=magnitude)
 
 
-def fuse_tfms(tfms, fill_mode=None, cval=None, size=None, align_corners=None):
+def fuse_tfms(tfms, fill_mode=None, cval=None, size=None, align_corners=None, mode=None):
     """Batch transforms with every `AffineCoordTfm` in `tfms` (fastai's `Flip`, `Rotate`, `Zoom`, `Warp`, the ones
     in `aug_transforms`, and ours) multiplied into one `AffineFill`: one `grid_sample` per batch. fastai's
     lighting transforms are composed as in `setup_aug_tfms`, our pixel transforms into one `PixelChain` (one
     allocation); the rest are kept. The fill mode, `cval`, size and
-    align_corners come from the arguments, else from the first of our transforms, else from the first affine one.
-    The transforms passed in are left unchanged."""
-    tfms = list(L(tfms))
+    align_corners and interpolation `mode` come from the arguments, else from the first of our transforms, else
+    from the first affine one. The transforms passed in are left unchanged."""
+    tfms = check_transforms('tfms', tfms)
+    if fill_mode is not None: check_choice('fill_mode', fill_mode, FILL_MODES)
+    if cval is not None: check_number('cval', cval)
+    check_size('size', size)
+    if align_corners is not None: check_bool('align_corners', align_corners)
+    if mode is not None: check_choice('mode', mode, MODES)
     aff = [t for t in tfms if isinstance(t, AffineCoordTfm)]
     lig = [t for t in tfms if isinstance(t, LightingTfm)]
     rest = [t for t in tfms if t not in aff and t not in lig]
@@ -333,7 +373,7 @@ def fuse_tfms(tfms, fill_mode=None, cval=None, size=None, align_corners=None):
         res.append(AffineFill(
             aff_fs=[f for t in aff for f in t.aff_fs], coord_fs=[f for t in aff for f in t.coord_fs],
             size=size if size is not None else next((t.size for t in aff if t.size is not None), None),
-            mode=ref.mode, fill_mode=fm, cval=cval if cval is not None else getattr(ref, 'cval', 0.),
+            mode=mode or ref.mode, fill_mode=fm, cval=cval if cval is not None else getattr(ref, 'cval', 0.),
             align_corners=ref.align_corners if align_corners is None else align_corners))
     pix = [t for t in rest if isinstance(t, PixelTfm)]
     if len(pix) > 1:  # one allocation for the whole chain of pixel transforms

@@ -13,26 +13,11 @@ import torch.nn.functional as F
 from fastai.vision.augment import RandTransform, _draw_mask
 from fastai.torch_core import TensorImage
 
-from ..core import CnnTricksError
+from ..core import CnnTricksError, check_count, check_number, check_range
+from ._checks import check_common, check_draw
 
 __all__ = ['PixelTfm', 'PixelChain', 'ChannelShift', 'BrightnessFactor', 'GaussianNoise', 'SaltPepper', 'GaussianBlur', 'Cutout',
            'channel_shift', 'brightness_factor', 'gaussian_noise', 'salt_pepper', 'gaussian_blur', 'cutout']
-
-
-def _number(name, v, lo=0., hi=None, strict=False):
-    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and (v > lo if strict else v >= lo) and (
-        hi is None or v <= hi)
-    if not ok:
-        rng = f"{'>' if strict else '>='} {lo}" + (f" and <= {hi}" if hi is not None else '')
-        raise CnnTricksError(f"{name}={v!r} is not valid; it must be a number {rng}")
-    return v
-
-
-def _pair(name, v, lo=0.):
-    if not (isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(o, (int, float)) for o in v)
-            and lo <= v[0] <= v[1]):
-        raise CnnTricksError(f"{name}={v!r} is not valid; it must be a pair (low, high) with {lo} <= low <= high")
-    return tuple(float(o) for o in v)
 
 
 def _per_image(m, x):
@@ -133,7 +118,7 @@ class PixelTfm(RandTransform):
     order, split_idx, neutral = 45, 0, 0.
 
     def __init__(self, p=0.5, draw=None, batch=False):
-        _number('p', p, 0., 1.)
+        check_common(p, batch); check_draw('draw', draw)
         super().__init__(p=p)
         self.draw, self.batch = draw, batch
 
@@ -160,7 +145,8 @@ class PixelTfm(RandTransform):
                                        .expand(x.shape[0])))
 
 
-def _uniform(x, lo, hi, batch):
+def _uniform(x, lo, hi, batch=False):
+    "One uniform draw in [lo, hi] per image of `x` (one for the whole batch with `batch`)."
     if batch: return x.new_zeros(x.size(0)) + float(torch.empty(()).uniform_(lo, hi))
     return x.new_empty(x.size(0)).uniform_(lo, hi)
 
@@ -170,7 +156,7 @@ class ChannelShift(PixelTfm):
     def __init__(self,
                  max_shift=0.1,  # largest shift, in the image's units (0..1 for fastai images; Keras' range / 255)
                  p=0.5, draw=None, batch=False):
-        self.max_shift = _number('max_shift', max_shift)
+        self.max_shift = check_number('max_shift', max_shift, lo=0)
         super().__init__(p, draw, batch)
 
     def _def_draw(self, x): return _uniform(x, -self.max_shift, self.max_shift, self.batch)
@@ -187,8 +173,8 @@ class BrightnessFactor(PixelTfm):
                  max_factor=1.2,  # largest factor
                  max_value=1.,  # clip to [0, max_value] as PIL does (None: no clipping)
                  p=0.5, draw=None, batch=False):
-        self.min_factor, self.max_factor = _pair('brightness range', (min_factor, max_factor))
-        self.max_value = max_value
+        self.min_factor, self.max_factor = check_range('(min_factor, max_factor)', (min_factor, max_factor), lo=0)
+        self.max_value = check_number('max_value', max_value, lo=0, lo_open=True, allow_none=True)
         super().__init__(p, draw, batch)
 
     def _def_draw(self, x): return _uniform(x, self.min_factor, self.max_factor, self.batch)
@@ -200,7 +186,7 @@ class BrightnessFactor(PixelTfm):
 class GaussianNoise(PixelTfm):
     "Add Gaussian noise of standard deviation `std` to each selected image."
     def __init__(self, std=0.05, p=0.5, draw=None, batch=False):
-        self.std = _number('std', std)
+        self.std = check_number('std', std, lo=0)
         super().__init__(p, draw, batch)
 
     def _def_draw(self, x): return x.new_full((x.size(0),), float(self.std))
@@ -210,9 +196,9 @@ class GaussianNoise(PixelTfm):
 class SaltPepper(PixelTfm):
     "Salt-and-pepper noise: a fraction `amount` of the pixel positions set to `high` or `low`."
     def __init__(self, amount=0.02, salt_vs_pepper=0.5, low=0., high=1., p=0.5, draw=None, batch=False):
-        self.amount = _number('amount', amount, 0., 1.)
-        self.salt_vs_pepper = _number('salt_vs_pepper', salt_vs_pepper, 0., 1.)
-        self.low, self.high = low, high
+        self.amount = check_number('amount', amount, lo=0, hi=1)
+        self.salt_vs_pepper = check_number('salt_vs_pepper', salt_vs_pepper, lo=0, hi=1)
+        self.low, self.high = check_number('low', low), check_number('high', high)
         super().__init__(p, draw, batch)
 
     def _def_draw(self, x): return x.new_full((x.size(0),), float(self.amount))
@@ -222,7 +208,7 @@ class SaltPepper(PixelTfm):
 class GaussianBlur(PixelTfm):
     "Gaussian blur with a sigma (pixels) drawn per image from `sigma` = (low, high); batched separable convolution."
     def __init__(self, sigma=(0.1, 2.), p=0.5, draw=None, batch=False):
-        self.sigma = _pair('sigma', sigma)
+        self.sigma = check_range('sigma', sigma, lo=0)
         super().__init__(p, draw, batch)
 
     def _def_draw(self, x): return _uniform(x, *self.sigma, self.batch)
@@ -232,11 +218,8 @@ class GaussianBlur(PixelTfm):
 class Cutout(PixelTfm):
     "Cutout / coarse dropout: `n_holes` squares per image, side drawn from `size` (fraction of the shorter side)."
     def __init__(self, size=(0.1, 0.3), n_holes=1, fill=0., p=0.5, draw=None, batch=False):
-        self.size = _pair('size', size)
-        if self.size[1] > 1: raise CnnTricksError(f"size={size!r} is not valid; fractions of the side are <= 1")
-        if not isinstance(n_holes, int) or n_holes < 1:
-            raise CnnTricksError(f"n_holes={n_holes!r} is not valid; it must be an integer >= 1")
-        self.n_holes, self.fill = n_holes, fill
+        self.size = check_range('size', size, lo=0, hi=1)  # fractions of the shorter side
+        self.n_holes, self.fill = check_count('n_holes', n_holes), check_number('fill', fill)
         super().__init__(p, draw, batch)
 
     def _def_draw(self, x): return _uniform(x, *self.size, self.batch)
@@ -248,9 +231,11 @@ class PixelChain(PixelTfm):
     the rest work on it in place (the batch passed in is never modified). Each keeps its own `p` and draws;
     `fuse_tfms` builds it."""
     def __init__(self, tfms):
-        self.tfms = list(tfms)
-        if not all(isinstance(t, PixelTfm) for t in self.tfms):
-            raise CnnTricksError("PixelChain takes pixel transforms (ChannelShift, BrightnessFactor, ...) only")
+        self.tfms = list(tfms) if isinstance(tfms, (list, tuple)) else [tfms]
+        bad = [t for t in self.tfms if not isinstance(t, PixelTfm)]
+        if bad or not self.tfms:
+            raise CnnTricksError(f"tfms={bad[0] if bad else tfms!r} is not valid; PixelChain takes a non-empty list of "
+                                 "pixel transforms (ChannelShift, BrightnessFactor, ...)")
         super().__init__(p=1.)
         self.order = self.tfms[0].order
 

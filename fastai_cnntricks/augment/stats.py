@@ -17,7 +17,7 @@ from fastai.torch_core import TensorImage
 from fasttransform import DisplayedTransform, Transform
 from fastprogress.fastprogress import progress_bar
 
-from ..core import CnnTricksError
+from ..core import CnnTricksError, check_bool, check_count, check_number
 
 __all__ = ['training_images', 'Preprocess', 'Rescale', 'SamplewiseNormalize', 'FeaturewiseNormalize', 'ZCAWhiten']
 
@@ -25,6 +25,9 @@ __all__ = ['training_images', 'Preprocess', 'Rescale', 'SamplewiseNormalize', 'F
 def training_images(source, before_order=None, max_batches=None, progress=False):
     """Yield float image batches from `source` (DataLoaders -> its training DataLoader, a DataLoader, a tensor)
     without random transforms and, for a DataLoader, with only the batch transforms ordered before `before_order`."""
+    check_number('before_order', before_order, allow_none=True)
+    check_count('max_batches', max_batches, allow_none=True)
+    check_bool('progress', progress)
     if isinstance(source, torch.Tensor):
         yield source.float()
         return
@@ -68,6 +71,8 @@ class Preprocess(Transform):
                  per_image=False,  # call it on each image as a float32 HWC numpy array, as Keras does (slow)
                  scale=1.):  # multiply the image by this before calling (255 gives Keras' 0..255 units)
         if not callable(func): raise CnnTricksError(f"func={func!r} is not valid; pass a callable")
+        check_bool('per_image', per_image)
+        _check_scale('scale', scale)
         super().__init__()
         self.func, self.per_image, self.scale = func, per_image, scale
 
@@ -82,13 +87,22 @@ class Preprocess(Transform):
         return TensorImage(torch.from_numpy(out).permute(0, 3, 1, 2).to(x.device))
 
 
+def _check_scale(name, value):
+    if check_number(name, value) == 0: raise CnnTricksError(f"{name}={value!r} is not valid; it must be a non-zero number")
+    return value
+
+
+def _check_fit_options(max_batches, progress):
+    check_count('max_batches', max_batches, allow_none=True)
+    check_bool('progress', progress)
+
+
 class Rescale(DisplayedTransform):
     "Keras' `rescale`: multiply the images by `scale`."
     order, split_idx = 91, None
 
     def __init__(self, scale):
-        if not isinstance(scale, (int, float)) or scale == 0:
-            raise CnnTricksError(f"scale={scale!r} is not valid; it must be a non-zero number")
+        _check_scale('scale', scale)
         super().__init__()
         self.scale = scale
 
@@ -101,6 +115,7 @@ class SamplewiseNormalize(DisplayedTransform):
     order, split_idx = 92, None
 
     def __init__(self, center=True, std=True, eps=1e-6):
+        check_bool('center', center); check_bool('std', std); check_number('eps', eps, lo=0)
         super().__init__()
         self.center, self.std, self.eps = center, std, eps
 
@@ -117,6 +132,11 @@ class FeaturewiseNormalize(_StatsTfm):
     order = 93
 
     def __init__(self, center=True, std=True, eps=1e-6, mean=None, stdev=None, max_batches=None, progress=False):
+        check_bool('center', center); check_bool('std', std); check_number('eps', eps, lo=0)
+        _check_fit_options(max_batches, progress)
+        for name, v in (('mean', mean), ('stdev', stdev)):
+            if v is not None and not torch.isfinite(torch.as_tensor(v, dtype=torch.float64)).all():
+                raise CnnTricksError(f"{name}={v!r} is not valid; pass finite per-channel values")
         super().__init__()
         self.center, self.std, self.eps, self.max_batches, self.progress = center, std, eps, max_batches, progress
         self.mean = None if mean is None else torch.as_tensor(mean, dtype=torch.float64).reshape(1, -1, 1, 1)
@@ -150,44 +170,61 @@ class FeaturewiseNormalize(_StatsTfm):
 
 
 class ZCAWhiten(_StatsTfm):
-    """ZCA whitening fitted on the training images (Keras' `zca_whitening`, `zca_epsilon`): images minus the mean
-    image, times W = U diag(1/sqrt(s + eps)) U^T from the eigendecomposition U diag(s) U^T of the pixel covariance.
-    Whitened training data has identity covariance (on directions with variance well above eps). The covariance
-    has (c*h*w)^2 entries, so it is meant for small images (c*h*w <= `max_dim`), as in Keras."""
+    """ZCA whitening fitted on the training images as Keras' `zca_whitening` does it: the images minus their
+    per-channel mean, times W = U diag(sqrt(n) / (s + eps)) U^T from the SVD of the n centred training images
+    (singular values s, at most min(n, c*h*w) directions: directions no training image spans are dropped, not
+    amplified). `eps` applies to the singular values of the data times `data_scale` (255 on fastai's 0..1 images
+    gives Keras' 0..255 units). The whitened training images have an identity second moment on the directions
+    with s well above eps. The (c*h*w)^2 matrix is meant for small images (c*h*w <= `max_dim`), as in Keras."""
     order = 94
 
-    def __init__(self, eps=1e-6, max_dim=4096, max_batches=None, progress=False):
-        if not isinstance(eps, (int, float)) or eps < 0:
-            raise CnnTricksError(f"eps={eps!r} is not valid; it must be a number >= 0")
+    def __init__(self,
+                 eps=1e-6,  # Keras' `zca_epsilon`, added to the singular values
+                 data_scale=1.,  # the units eps is in: singular values of (images * data_scale)
+                 max_dim=4096,  # largest c*h*w to fit on
+                 max_batches=None, progress=False):
+        check_number('eps', eps, lo=0)
+        check_number('data_scale', data_scale, lo=0, lo_open=True)
+        check_count('max_dim', max_dim)
+        _check_fit_options(max_batches, progress)
         super().__init__()
-        self.eps, self.max_dim, self.max_batches, self.progress = eps, max_dim, max_batches, progress
+        self.eps, self.data_scale, self.max_dim = eps, data_scale, max_dim
+        self.max_batches, self.progress = max_batches, progress
         self.mean = self.matrix = self.inverse = None
 
     def setups(self, dl):
         if self.matrix is None and dl is not None and hasattr(dl, 'after_batch'): self.fit(dl)
 
+    def _check_dim(self, x):
+        d = x[0].numel()
+        if d > self.max_dim:
+            raise CnnTricksError(f"ZCAWhiten on {tuple(x.shape[1:])} images needs a {d}x{d} matrix; resize the images "
+                                 f"so that channels*height*width <= max_dim={self.max_dim} (or raise max_dim)")
+
     def fit(self, source):
-        "Fit the mean image and the whitening matrix on the training images of `source`."
+        "Fit the per-channel mean and the whitening matrix on the training images of `source`."
         n, s, ss = 0, None, None
         for x in training_images(source, self.order, self.max_batches, self.progress):
+            self._check_dim(x)
             flat = x.double().flatten(1)
-            d = flat.shape[1]
-            if d > self.max_dim:
-                raise CnnTricksError(f"ZCAWhiten on {tuple(x.shape[1:])} images needs a {d}x{d} covariance; "
-                                     f"resize the images so that channels*height*width <= max_dim={self.max_dim} "
-                                     "(or raise max_dim)")
             s = flat.sum(0) if s is None else s + flat.sum(0)
             ss = flat.T @ flat if ss is None else ss + flat.T @ flat
             n += flat.shape[0]
             self._shape = tuple(x.shape[1:])
         if n < 2: raise CnnTricksError("ZCAWhiten needs at least 2 training images to fit on")
-        mean = s / n
-        cov = ss / n - torch.outer(mean, mean)
-        evals, evecs = torch.linalg.eigh(cov)
-        evals = evals.clamp_min(0)
+        c = self._shape[0]
+        pix = s / n  # per-pixel mean; Keras centres on the per-channel mean
+        mean = pix.reshape(c, -1).mean(1, keepdim=True).expand(c, pix.numel() // c).flatten()
+        # second moment about the per-channel mean, from the sums: E[xx'] - E[x]m' - mE[x]' + mm'
+        second = ss / n - torch.outer(pix, mean) - torch.outer(mean, pix) + torch.outer(mean, mean)
+        evals, evecs = torch.linalg.eigh(second)
+        k = min(n, len(evals))  # Keras' reduced SVD keeps min(n, d) directions
+        root, u = evals[-k:].clamp_min(0).sqrt(), evecs[:, -k:]
+        # sqrt(n) / (s + eps) with s = data_scale * sqrt(n * eigenvalue), in the images' own units
+        gain = root + self.eps / (self.data_scale * n ** 0.5)
         self.mean = mean.float()
-        self.matrix = ((evecs / (evals + self.eps).sqrt()) @ evecs.T).float()
-        self.inverse = ((evecs * (evals + self.eps).sqrt()) @ evecs.T).float()
+        self.matrix = ((u / gain) @ u.T).float()
+        self.inverse = ((u * gain) @ u.T).float()  # the pseudo-inverse: dropped directions stay dropped
         self._reset_cache()
         return self
 
