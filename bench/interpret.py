@@ -12,11 +12,10 @@ import torch
 import timm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from fastai_cnntricks.interpret import (occlusion_attribution, occlusion_drops, window_starts, render, channel,
-                                        memory_format)
+from fastai_cnntricks.interpret import occlusion_attribution, occlusion_drops, window_starts, render, memory_format
+from fastai_cnntricks.interpret.featvis_objectives import channel
 from fastai_cnntricks.interpret.occlusion import auto_batch_size
-from fastai_cnntricks.interpret.inference_copy import inference_copy
-from fastai_cnntricks.interpret.window_forward import window_forward
+from fastai_cnntricks.interpret._occlusion import inference_copy, window_forward
 from machine import machine  # noqa: E402
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))

@@ -12,8 +12,9 @@ from fastai_cnntricks.core import CnnTricksError, model_snapshot
 from fastai_cnntricks.data import digits_dls
 from fastai_cnntricks.transfer import timm_learner
 from fastai_cnntricks.interpret import (occlusion_attribution, kernel_effects, CLASSIC_KERNELS, RobustTransforms,
-                                        channel, neuron, logit, diversity, OUTPUT, image_param, memory_format,
-                                        drops_to_map)
+                                        objectives, OUTPUT, image_param, memory_format, drops_to_map)
+
+channel, neuron, logit, diversity = objectives.channel, objectives.neuron, objectives.logit, objectives.diversity
 
 SIZE = 32
 
@@ -188,7 +189,7 @@ class TwoUses(nn.Module):
 @pytest.mark.parametrize('arch', ['resnet10t', 'tf_efficientnet_lite0', 'mobilenetv3_small_050', 'plain', 'two_uses'])
 def test_inference_copy_folds_batchnorms_and_leaves_the_model(arch):
     import timm
-    from fastai_cnntricks.interpret.inference_copy import inference_copy, fold_batchnorms
+    from fastai_cnntricks.interpret._occlusion.inference_copy import inference_copy, fold_batchnorms
     torch.manual_seed(0)
     model = {'plain': plain_cnn, 'two_uses': TwoUses}.get(arch, lambda: timm.create_model(arch, num_classes=5))()
     random_bn_stats(model)
@@ -222,8 +223,8 @@ def test_occlusion_equals_captum(window, stride, output, channels_last):
     model = timm.create_model('resnet10t', num_classes=10).eval()
     random_bn_stats(model)  # so that folding them into the convolutions is really exercised
     x = torch.randn(1, 3, 32, 32)
-    attr, target, _ = occlusion_attribution(model, x, None, window, stride, -0.5, output, batch_size=16,
-                                            channels_last=channels_last, progress=False)
+    attr, target, _ = occlusion_attribution(model, x, window=window, stride=stride, baseline=-0.5, output=output,
+                                            batch_size=16, channels_last=channels_last, progress=False)
     fwd = (lambda z: model(z).softmax(1)) if output == 'prob' else model
     ref = Occlusion(fwd).attribute(x, sliding_window_shapes=(3, window, window), strides=(3, stride, stride),
                                    baselines=-0.5, target=target, perturbations_per_eval=16)
@@ -254,8 +255,8 @@ class SkipToHead(nn.Module):
     ('reads_twice', (8, 8), (4, 4), []), ('skip_to_head', (8, 8), (4, 4), ['a'])])
 def test_window_forward_computes_the_opening_layers_exactly(arch, window, stride, units):
     import timm
-    from fastai_cnntricks.interpret.window_forward import window_forward
-    from fastai_cnntricks.interpret.inference_copy import inference_copy
+    from fastai_cnntricks.interpret._occlusion.window_forward import window_forward
+    from fastai_cnntricks.interpret._occlusion.inference_copy import inference_copy
     from fastai_cnntricks.interpret.occlusion import window_starts
     torch.manual_seed(0)
     model = {'resnet10t': lambda: timm.create_model('resnet10t', num_classes=4, zero_init_last=False),
@@ -284,13 +285,13 @@ def test_window_forward_computes_the_opening_layers_exactly(arch, window, stride
     (nn.Conv2d(3, 4, (3, 5), 1, (0, 4), dilation=(1, 2)), ((1, 0, 2), (1, 4, 4))), (nn.ReLU(), ((1, 0, 0), (1, 0, 0))),
     (nn.AdaptiveAvgPool2d(1), None), (nn.Sequential(nn.Conv2d(3, 4, 3, 2, 1), nn.Conv2d(4, 4, 3, 1, 1)), ((2, 3, 3),) * 2)])
 def test_local_geometry_measures_receptive_fields(module, geometry):
-    from fastai_cnntricks.interpret.receptive_field import local_geometry
+    from fastai_cnntricks.interpret._occlusion.receptive_field import local_geometry
     assert local_geometry(module, torch.randn(1, 3, 64, 61)) == geometry
 
 
 def test_forward_chain_splits_sequences_and_keeps_blocks_whole():
     import timm
-    from fastai_cnntricks.interpret.call_chain import forward_chain
+    from fastai_cnntricks.interpret._occlusion.call_chain import forward_chain
     model = timm.create_model('resnet10t', num_classes=4).eval()
     names = [n for n, _ in forward_chain(model, torch.randn(1, 3, 32, 32))]
     assert names[:9] == [f'conv1.{i}' for i in range(7)] + ['bn1', 'act1'] and 'layer1.0' in names

@@ -3,21 +3,23 @@ and `learn.top_activating` (the validation images that excite a unit most)."""
 from __future__ import annotations
 
 import torch
+from torch.utils.data import DataLoader as TorchDataLoader
+from fastai.data.load import DataLoader
 from fastai.learner import Learner
 from fastcore.basics import patch
 from fastprogress.fastprogress import progress_bar
 
-from ..core import CnnTricksError, check_choice, check_positive, get_layer, layer_name, model_device, preserve_model
-from .featvis_objectives import Objective, channel, neuron, logit, OUTPUT, diversity as diversity_objective
-from .featvis_param import image_param
+from ..core import (CnnTricksError, check_bool, check_choice, check_count, check_int, check_number, check_positive,
+                    check_seed, check_type, get_layer, layer_name, model_device, preserve_model)
+from .featvis_objectives import Objective, OUTPUT, objectives
+from .featvis_param import MIN_SIZE, check_param, image_param
 from .featvis_transforms import get_transforms
-from .inputs import _stats, model_in_channels, to_display
+from .inputs import check_finite, check_image_size, check_stats, input_stats, model_dtype, model_in_channels, to_display, usable_model
 from .layers import capture, StopForward, as_maps
-from .memformat import memory_format
+from .memformat import memory_format, memory_format_for
 from .plots import finish, image_grid
 
 __all__ = ['run_objective', 'render']
-
 
 def run_objective(model, objective: Objective, x: torch.Tensor) -> dict:
     "Forward `x`, stopping as soon as the objective's layers are captured; -> dict name -> (B, C, H, W) maps."
@@ -32,25 +34,37 @@ def run_objective(model, objective: Objective, x: torch.Tensor) -> dict:
     return maps
 
 
-def render(model, objective: Objective, n: int, size=128, steps=256, param='fft', decorrelate=True,
+def _check_render_args(n, size, steps, param, decorrelate, transforms, lr, stats, seed, progress, channels_last):
+    check_count('n', n); check_image_size('size', size, least=MIN_SIZE); check_count('steps', steps)
+    check_param(param); check_bool('decorrelate', decorrelate); get_transforms(transforms)
+    check_positive('lr', lr); check_stats(stats); check_seed('seed', seed)
+    check_bool('progress', progress); check_bool('channels_last', channels_last)
+
+
+def render(model, objective: Objective, n: int, size=128, steps=256, *, param='fft', decorrelate=True,
            transforms='standard', lr=0.05, stats=None, seed=None, progress=True, channels_last=True) -> torch.Tensor:
     """Optimize `n` images (one batch) to maximize `objective` on `model`; -> images (n, 3, H, W) in [0, 1].
     The caller keeps the model as found (`preserve_model`); here it is put in eval mode with frozen weights so
-    no weight gradient is ever computed, and run in channels-last memory format if asked (its forward and backward
-    passes took 0.82x the time on resnet18 at 128 px on 2 CPU cores; the original tensors are put back after)."""
-    device = model_device(model)
+    no weight gradient is ever computed, and run in channels-last memory format if asked (faster on CPU: see
+    bench/RESULTS.md; the original tensors are put back after). The images are optimized in float32 and handed to
+    a half-precision model in its own dtype."""
+    usable_model(model)
+    check_type('objective', objective, Objective, 'an Objective (see objectives.channel, objectives.logit, ...)')
+    _check_render_args(n, size, steps, param, decorrelate, transforms, lr, stats, seed, progress, channels_last)
+    device, dtype = model_device(model), model_dtype(model)
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
     params, image = image_param(n, size, param, decorrelate, generator=gen, device=device)
     tfm = get_transforms(transforms)
     model.eval()
     for p in model.parameters(): p.requires_grad_(False)
     opt = torch.optim.Adam(params, lr=lr)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    fmt = memory_format_for(channels_last)
     with memory_format(model, enabled=channels_last):
         for _ in (progress_bar(range(steps), leave=False) if progress else range(steps)):
             x = tfm(image(), generator=gen)
             if stats is not None: x = (x - stats[0]) / stats[1]
-            loss = -objective(run_objective(model, objective, x.contiguous(memory_format=fmt))).sum()
+            x = x.to(dtype).contiguous(memory_format=fmt)
+            loss = -objective(run_objective(model, objective, x)).float().sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -59,23 +73,31 @@ def render(model, objective: Objective, n: int, size=128, steps=256, param='fft'
 
 def _units(unit):
     units = list(unit) if isinstance(unit, (list, tuple, range, torch.Tensor)) else [unit]
-    if not units: raise CnnTricksError("unit is empty; pass a channel index or a list of them")
-    if not all(isinstance(u, int) or (isinstance(u, torch.Tensor) and u.dim() == 0) for u in units):
-        raise CnnTricksError(f"unit={unit!r} is not valid; pass an int channel index or a list of ints")
-    return [int(u) for u in units]
+    if not units: raise CnnTricksError("unit=[] is empty; pass a channel index or a list of them")
+    try: return [check_int('unit', u, lo=0) for u in units]
+    except CnnTricksError:
+        raise CnnTricksError(f"unit={unit!r} is not valid; pass an int channel index >= 0 or a list of them") from None
 
 
 def _check_units(model, name, units, size, stats):
     "Dry pass: every unit must exist at `name` (or in the output for logits)."
+    h, w = check_image_size('size', size)
     with torch.no_grad():
-        x = torch.full((1, model_in_channels(model), size, size), 0.5, device=model_device(model))
+        x = torch.full((1, model_in_channels(model), h, w), 0.5, device=model_device(model))
         if stats is not None: x = (x - stats[0]) / stats[1]
-        maps = run_objective(model, Objective(None, [name]), x)
+        maps = run_objective(model, Objective(None, [name]), x.to(model_dtype(model)))
     n = maps[name].shape[1]
     bad = [u for u in units if not 0 <= u < n]
     if bad:
         what = 'outputs' if name == OUTPUT else f'channels of layer {name!r}'
         raise CnnTricksError(f"unit {bad[0]} is beyond the {n} {what} (valid: 0..{n - 1})")
+
+
+def _named_objective(objective: str, name: str, per_image: list) -> Objective:
+    "The objective called `objective` for one unit per image."
+    if objective == 'channel': return objectives.channel(name, per_image)
+    if objective == 'neuron': return objectives.neuron(name, per_image)
+    return objectives.logit(per_image)
 
 
 @patch
@@ -92,32 +114,32 @@ def maximize_unit(self: Learner, layer,  # dotted layer name or module (ignored 
                   seed: int | None = None, progress: bool = True, show: bool = True):
     """Feature visualization: images that maximize `unit` of `layer` (Olah et al., Distill 2017). Normalization
     comes from the DataLoaders (or timm's config). Returns (images (N, 3, size, size) in [0, 1], Figure)."""
-    model = self.model
     units = _units(unit)
-    check_positive('steps', steps); check_positive('size', size); check_positive('lr', lr)
-    check_positive('n_per_unit', n_per_unit); check_positive('diversity', diversity, allow_zero=True)
     if not isinstance(objective, Objective): check_choice('objective', objective, ['channel', 'neuron', 'logit'])
+    _check_render_args(1, size, steps, param, decorrelate, transforms, lr, None, seed, progress, True)
+    check_number('diversity', diversity, lo=0); check_count('n_per_unit', n_per_unit); check_bool('show', show)
+    model = usable_model(self.model, 'learn.model')
     if model_in_channels(model) != 3:
         raise CnnTricksError(f"maximize_unit renders RGB images; the model takes {model_in_channels(model)} channels")
     name = OUTPUT if objective == 'logit' else layer_name(model, get_layer(model, layer))
     per_image = [u for u in units for _ in range(n_per_unit)]
-    stats = _stats(self, model_device(model))
+    stats = input_stats(self, model_device(model))
     with preserve_model(model):
         model.eval()
-        if not isinstance(objective, Objective): _check_units(model, name, units, size, stats)
-        obj = objective if isinstance(objective, Objective) else \
-            {'channel': channel, 'neuron': neuron}.get(objective, lambda n, u: logit(u))(name, per_image)
+        if isinstance(objective, Objective): obj = objective
+        else:
+            _check_units(model, name, units, size, stats)
+            obj = _named_objective(objective, name, per_image)
         if diversity:
             div_layer = name if name != OUTPUT else obj.layers[0]
-            obj = obj + diversity * diversity_objective(div_layer, groups=per_image)
-        imgs = render(model, obj, len(per_image), size, steps, param, decorrelate, transforms, lr, stats, seed,
-                      progress)
+            obj = obj + diversity * objectives.diversity(div_layer, groups=per_image)
+        imgs = render(model, obj, len(per_image), size, steps, param=param, decorrelate=decorrelate,
+                      transforms=transforms, lr=lr, stats=stats, seed=seed, progress=progress)
     titles = [f'{"class" if objective == "logit" else "unit"} {u}' for u in per_image]
     what = obj.name if isinstance(objective, Objective) else objective
     fig = image_grid(imgs, titles, ncols=min(len(imgs), 8), size=1.6,
                      suptitle=f"{'logits' if name == OUTPUT else name}: {what}")
     return imgs, finish(fig, show)
-
 
 
 @patch
@@ -130,17 +152,26 @@ def top_activating(self: Learner, layer,  # dotted layer name or module
                    progress: bool = True, show: bool = True):
     """The `k` images of `dl` with the highest mean activation of each unit. Returns (indices (U, k) into the
     DataLoader's items, activations (U, k), images (U, k, 3, H, W) in [0, 1], Figure)."""
-    model = self.model
     units = _units(unit)
-    check_positive('k', k)
+    check_count('k', k); check_count('max_batches', max_batches, allow_none=True)
+    check_type('dl', dl, (DataLoader, TorchDataLoader, type(None)), 'a DataLoader (e.g. learn.dls.valid) or None')
+    if synth is not None:
+        check_type('synth', synth, torch.Tensor, "a tensor of images (N, 3, H, W) in [0, 1], e.g. maximize_unit's")
+        if synth.dim() != 4 or len(synth) == 0:
+            raise CnnTricksError(f"synth of shape {tuple(synth.shape)} is not valid; pass images (N, 3, H, W)")
+        check_finite('synth', synth)
+    check_bool('progress', progress); check_bool('show', show)
+    model = usable_model(self.model, 'learn.model')
     dl = dl if dl is not None else self.dls.valid
     name = layer_name(model, get_layer(model, layer))
+    dtype = model_dtype(model)
     scores = []
     with preserve_model(model), torch.no_grad():
         model.eval()
         for i, b in enumerate(progress_bar(dl, leave=False) if progress else dl):
             if max_batches is not None and i >= max_batches: break
-            maps = run_objective(model, Objective(None, [name]), torch.as_tensor(b[0]).as_subclass(torch.Tensor))[name]
+            xb = torch.as_tensor(b[0]).as_subclass(torch.Tensor).to(dtype)
+            maps = run_objective(model, Objective(None, [name]), xb)[name]
             if not scores:
                 bad = [u for u in units if not 0 <= u < maps.shape[1]]
                 if bad: raise CnnTricksError(f"unit {bad[0]} is beyond the {maps.shape[1]} channels of layer "

@@ -1,14 +1,16 @@
 """Feature visualization, idea 3 of 4: objectives -- what to maximize. Each objective maps the captured
 activations to one value per image in the batch (so several units are optimized together in one batch);
-objectives compose with +, - and * by a number, as in Lucid/Lucent. A new objective is one small function."""
+objectives compose with +, - and * by a number, as in Lucid/Lucent. A new objective is one small function, added
+to the `objectives` namespace at the end (a namespace, so that `logit` never hides fastai's `logit` in a star import)."""
 from __future__ import annotations
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
 
 from ..core import CnnTricksError
 
-__all__ = ['Objective', 'channel', 'neuron', 'logit', 'diversity', 'OUTPUT']
+__all__ = ['Objective', 'objectives', 'OUTPUT']
 
 OUTPUT = '<output>'  # the key under which the model's output is passed to objectives
 
@@ -81,3 +83,6 @@ def diversity(layer: str, groups=None) -> Objective:
         same = (g[:, None] == g[None]) & ~torch.eye(b, dtype=torch.bool, device=a.device)
         return -(sim * same).sum(1) / same.sum(1).clamp_min(1)
     return Objective(fn, [layer], f'diversity({layer})')
+
+
+objectives = SimpleNamespace(channel=channel, neuron=neuron, logit=logit, diversity=diversity)

@@ -6,7 +6,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..core import CnnTricksError, check_choice
+from ..core import check_choice, check_count
+from .inputs import check_image_size
 
 __all__ = ['COLOR_CORRELATION_SVD_SQRT', 'fft_image', 'pixel_image', 'to_valid_rgb', 'image_param']
 
@@ -44,11 +45,19 @@ def to_valid_rgb(image_fn, decorrelate=True):
     return image
 
 
+MIN_SIZE = 8  # px: the smallest image the parameterizations and transforms make sense for
+
+
+def check_param(param) -> str:
+    "`param` if it names a parameterization ('fft' or 'pixel')."
+    return check_choice('param', param, ['fft', 'pixel'])
+
+
 def image_param(n: int, size, param='fft', decorrelate=True, sd=0.01, generator=None, device='cpu'):
-    "`n` RGB images of `size` px with parameterization `param` ('fft' or 'pixel'). -> (params, image_fn in [0, 1])"
-    check_choice('param', param, ['fft', 'pixel'])
-    h, w = (size, size) if isinstance(size, int) else size
-    if h < 8 or w < 8: raise CnnTricksError(f"size={size!r} is too small; use at least 8 px")
+    """`n` RGB images of `size` px (or (h, w), at least `MIN_SIZE`) parameterized by `param` ('fft' or 'pixel').
+    -> (params, image_fn in [0, 1])"""
+    check_count('n', n); check_param(param)
+    h, w = check_image_size('size', size, least=MIN_SIZE)
     make = fft_image if param == 'fft' else pixel_image
     params, fn = make((n, 3, h, w), sd=sd, generator=generator, device=device)
     return params, to_valid_rgb(fn, decorrelate)

@@ -8,9 +8,17 @@ import torch
 import torch.nn.functional as F
 from fastcore.basics import store_attr
 
-from ..core import CnnTricksError
+from ..core import CnnTricksError, check_count, check_number
 
 __all__ = ['RobustTransforms', 'get_transforms']
+
+
+def _sequence(name, vals):
+    "`vals` (a sequence of numbers, or None for none) as a tuple."
+    if vals is None: return ()
+    if not isinstance(vals, (tuple, list, range)):
+        raise CnnTricksError(f"{name}={vals!r} is not valid; pass a sequence of numbers or None")
+    return tuple(vals)
 
 
 class RobustTransforms:
@@ -20,6 +28,13 @@ class RobustTransforms:
                  scales=tuple(1 + (i - 5) / 50 for i in range(11)),  # zoom factors drawn from
                  angles=tuple(range(-10, 11)) + (0,) * 5,  # rotations (degrees) drawn from
                  fill: float = 0.5):
+        check_count('pad', pad, allow_zero=True); check_number('fill', fill)
+        jitters = jitter if isinstance(jitter, (tuple, list)) else (jitter,)
+        if len(jitters) not in (1, 2) or (len(jitters) == 1 and isinstance(jitter, (tuple, list))):
+            raise CnnTricksError(f"jitter={jitter!r} is not valid; pass px >= 0, or a (before, after) pair of them")
+        for j in jitters: check_count('jitter', j, allow_zero=True)
+        for v in _sequence('scales', scales): check_number('scales', v, lo=0, lo_open=True)
+        for v in _sequence('angles', angles): check_number('angles', v)
         store_attr()
 
     def __call__(self, img: torch.Tensor, generator=None) -> torch.Tensor:

@@ -9,16 +9,16 @@ from fastai.learner import Learner
 from fastcore.basics import patch
 
 from ..core import CnnTricksError, check_choice, get_layer, layer_name, model_device, preserve_model
-from .inputs import model_in_channels
+from ..transfer.norms import is_norm
+from .inputs import check_image_size, model_dtype, model_in_channels, usable_model
 
 __all__ = ['LAYER_KINDS', 'layer_names', 'capture', 'StopForward', 'as_maps', 'model_input_size']
 
-_NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 _ACTS = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.LeakyReLU, nn.Sigmoid, nn.Tanh, nn.ELU, nn.Mish)
 LAYER_KINDS = {'all': lambda m: True,
                'conv': lambda m: isinstance(m, nn.modules.conv._ConvNd),
                'linear': lambda m: isinstance(m, nn.Linear),
-               'norm': lambda m: isinstance(m, _NORMS) or 'Norm' in type(m).__name__,
+               'norm': is_norm,
                'act': lambda m: isinstance(m, _ACTS),
                'leaf': lambda m: next(m.children(), None) is None,
                'block': lambda m: next(m.children(), None) is not None}
@@ -29,8 +29,8 @@ class StopForward(Exception):
 
 
 def model_input_size(learn, size=None):
-    "Input (H, W) for a dry pass: `size`, else the DataLoaders' item size, else timm's config, else 224."
-    if size is not None: return (size, size) if isinstance(size, int) else tuple(size)
+    "Input (H, W) for a dry pass: `size` (px, or an (h, w) pair), else the DataLoaders' item size, else timm's config, else 224."
+    if size is not None: return check_image_size('size', size)
     try:
         x = learn.dls.valid.do_item(0)[0] if len(learn.dls.valid_ds) else None
         if x is not None and hasattr(x, 'shape'): return tuple(x.shape[-2:])
@@ -81,10 +81,11 @@ def _shape(o):
 
 @patch
 def layer_names(self: Learner, kind: str = 'conv',  # 'all', 'conv', 'linear', 'norm', 'act', 'leaf' or 'block'
-                size=None):  # input size for the dry pass (default: the DataLoaders' item size)
+                size=None):  # input size (px, or (h, w)) for the dry pass (default: the DataLoaders' item size)
     "Dotted names of the model's layers of `kind` -> output shape (C, H, W), from one dry forward pass."
     check_choice('kind', kind, list(LAYER_KINDS))
-    model = self.model
+    check_image_size('size', size, allow_none=True)
+    model = usable_model(self.model, 'learn.model')
     keep = {n: m for n, m in model.named_modules() if n and LAYER_KINDS[kind](m)}
     shapes, hooks = {}, []
     h, w = model_input_size(self, size)
@@ -92,5 +93,5 @@ def layer_names(self: Learner, kind: str = 'conv',  # 'all', 'conv', 'linear', '
         model.eval()
         for n, m in keep.items():
             hooks.append(m.register_forward_hook(lambda mod, i, o, n=n: shapes.__setitem__(n, _shape(o))))
-        model(torch.zeros(1, model_in_channels(model), h, w, device=model_device(model)))
+        model(torch.zeros(1, model_in_channels(model), h, w, device=model_device(model), dtype=model_dtype(model)))
     return {n: shapes.get(n) for n in keep}

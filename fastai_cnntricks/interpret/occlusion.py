@@ -4,23 +4,39 @@ channels, computed with batched perturbations built in one vectorized step and s
 convolution; optional deletion/insertion faithfulness curves and a coarse-to-fine mode."""
 from __future__ import annotations
 import math
+from typing import NamedTuple
 
 import torch
+from torch import nn
 import torch.nn.functional as F
 from fastai.learner import Learner
 from fastcore.basics import patch
 from fastprogress.fastprogress import progress_bar
 import matplotlib.pyplot as plt
 
-from ..core import CnnTricksError, check_choice, check_positive, preserve_model
-from .inputs import _stats, image_batch, to_display
-from .inference_copy import inference_copy
-from .memformat import memory_format
-from .window_forward import window_forward
+from ..core import (CnnTricksError, check_bool, check_choice, check_count, check_int, check_number, check_type,
+                    model_device, preserve_model)
+from ._occlusion import inference_copy, window_forward
+from .inputs import check_finite, check_stats, image_batch, input_stats, model_dtype, to_display, usable_model
+from .memformat import memory_format, memory_format_for
 from .plots import finish, overlay, to_hwc
 
-__all__ = ['window_starts', 'occlusion_baseline', 'auto_batch_size', 'occlusion_drops', 'drops_to_map',
-           'occlusion_attribution', 'faithfulness_curves']
+__all__ = ['OcclusionSettings', 'window_starts', 'occlusion_baseline', 'auto_batch_size', 'occlusion_drops',
+           'drops_to_map', 'occlusion_attribution', 'faithfulness_curves']
+
+BASELINES = ['black', 'mean', 'blur']
+OUTPUTS = ['prob', 'logit']
+
+
+class OcclusionSettings(NamedTuple):
+    "What every batch of occluded windows shares."
+    window: tuple  # (h, w) px of the occluding window
+    stride: tuple  # (h, w) px between window starts
+    target: int  # the class whose score drops are recorded
+    output: str = 'prob'  # 'prob' (softmax probability) or 'logit'
+    batch_size: int = 4  # occluded images per forward pass
+    channels_last: bool = True  # run in channels-last memory format
+    incremental: bool = True  # compute the opening layers only around each window
 
 
 def window_starts(n: int, window: int, stride: int) -> torch.Tensor:
@@ -33,7 +49,7 @@ def occlusion_baseline(x: torch.Tensor, baseline, stats=None, window=16) -> torc
     'mean' (the dataset's mean colour when the DataLoaders normalize, else the image's), 'blur' (a Gaussian blur
     of the image), a number, or a tensor."""
     if isinstance(baseline, str):
-        check_choice('baseline', baseline, ['black', 'mean', 'blur'])
+        check_choice('baseline', baseline, BASELINES)
         if baseline == 'black':
             return torch.zeros_like(x[:, :, :1, :1]) if stats is None else ((0 - stats[0]) / stats[1]).to(x)
         if baseline == 'mean':  # Normalize maps the dataset mean to 0
@@ -42,9 +58,9 @@ def occlusion_baseline(x: torch.Tensor, baseline, stats=None, window=16) -> torc
         k = 2 * (window // 2) + 1
         return gaussian_blur(x, [k, k], [window / 3.] * 2)
     if isinstance(baseline, (int, float)) and not isinstance(baseline, bool):
-        return torch.full_like(x[:, :, :1, :1], float(baseline))
+        return torch.full_like(x[:, :, :1, :1], check_number('baseline', baseline))
     if isinstance(baseline, torch.Tensor):
-        b = baseline.to(x.device, x.dtype)
+        b = check_finite('baseline', baseline.detach()).to(x.device, x.dtype)
         try: torch.broadcast_shapes(b.shape, x.shape)
         except RuntimeError: b = None
         if b is not None and b.dim() <= 4: return b.reshape((1,) * (4 - b.dim()) + tuple(b.shape))
@@ -54,7 +70,7 @@ def occlusion_baseline(x: torch.Tensor, baseline, stats=None, window=16) -> torc
 
 def _in_format(x, channels_last):
     "`x` in the memory format the model runs in (mixing formats costs a conversion in every convolution)."
-    return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    return x.contiguous(memory_format=memory_format_for(channels_last))
 
 
 def _score(logits, target, output):
@@ -77,18 +93,17 @@ def auto_batch_size(model, x, cap=None) -> int:
     else:
         try: free = next(int(l.split()[1]) * 1024 for l in open('/proc/meminfo') if l.startswith('MemAvailable'))
         except Exception: free = 2 ** 31
-    # On CPU small batches stay in cache: 729 windows at 224 px took 13.5 s at 4 vs 19.5 s at 64 (tf_efficientnet_lite0)
-    # and 19.9 s vs 21.7 s (resnet18) on 2 cores; a GPU wants large batches.
+    # On CPU small batches stay in cache and run faster than large ones (bench/RESULTS.md); a GPU wants large batches.
     cap = cap or (256 if dev.type == 'cuda' else 4)
     return int(max(1, min(cap, free // 4 // per_image)))
 
 
-def occlusion_drops(model, x, base, target, window=(16, 16), stride=(8, 8), output='prob', batch_size=64,
-                    todo=None, progress=True, channels_last=True, incremental=True):
+def occlusion_drops(model, x, base, settings: OcclusionSettings, todo=None, progress=True):
     """Target score of `x` minus that with each window replaced by `base`; -> (score of x, drops (nh, nw)).
     `todo` (nh, nw) bool: evaluate only these windows (others are NaN). Windows go through `window_forward`
-    (with `incremental` the opening layers are computed only around each window: `model` must be a throw-away
-    copy)."""
+    (with `settings.incremental` the opening layers are computed only around each window: `model` must be a
+    throw-away copy)."""
+    window, stride, target, output, batch_size, channels_last, incremental = settings
     _, c, h, w = x.shape
     ys, xs = window_starts(h, window[0], stride[0]).to(x.device), window_starts(w, window[1], stride[1]).to(x.device)
     with torch.no_grad():
@@ -97,7 +112,8 @@ def occlusion_drops(model, x, base, target, window=(16, 16), stride=(8, 8), outp
         pos = todo.nonzero()
         drops = torch.full((len(ys), len(xs)), float('nan'), device=x.device)
         chunks = pos.split(batch_size)
-        with window_forward(model, x, base, window, ys, xs, channels_last, incremental) as forward:
+        with window_forward(model, x, base, window, ys, xs, channels_last=channels_last,
+                            incremental=incremental) as forward:
             for p in (progress_bar(chunks, leave=False) if progress and len(chunks) > 1 else chunks):
                 drops[p[:, 0], p[:, 1]] = score - _score(forward(p[:, 0], p[:, 1]), target, output)
     return score, drops
@@ -123,61 +139,108 @@ def _refine_estimate(drops, done):
     return est, hi - lo
 
 
+def _pair(name, v):
+    "A positive int or a pair of them, as an (h, w) pair."
+    pair = tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+    if len(pair) != 2: raise CnnTricksError(f"{name}={v!r} is not valid; it must be a positive int (or a pair of them)")
+    try: return tuple(check_count(name, i) for i in pair)
+    except CnnTricksError: raise CnnTricksError(f"{name}={v!r} is not valid; it must be a positive int (or a pair of "
+                                                "them)") from None
+
+
+def _check_settings(target, window, stride, output, batch_size, refine, flags):
+    "Every setting of an occlusion run checked before any work; -> (window, stride) as pairs."
+    window, stride = _pair('window', window), _pair('stride', stride)
+    if any(s > k for s, k in zip(stride, window)):
+        raise CnnTricksError(f"stride={stride} is larger than window={window}: pixels would be left out")
+    check_int('target', target, lo=0, allow_none=True); check_choice('output', output, OUTPUTS)
+    check_count('batch_size', batch_size, allow_none=True); check_number('refine', refine, lo=0, allow_none=True)
+    for name, flag in flags.items(): check_bool(name, flag)
+    return window, stride
+
+
+def _check_window_fits(window, x):
+    if window[0] > x.shape[2] or window[1] > x.shape[3]:
+        raise CnnTricksError(f"window={window} is larger than the image ({x.shape[2]}x{x.shape[3]} px)")
+
+
+def _check_input(model, x, name='x') -> torch.Tensor:
+    "`x` as one finite model-input image (1, C, H, W), moved to the model's device and cast to its dtype."
+    check_type(name, x, torch.Tensor, 'a model-input tensor (1, C, H, W)')
+    if x.dim() != 4 or len(x) != 1 or not x.is_floating_point():
+        raise CnnTricksError(f"{name} of shape {tuple(x.shape)} and {x.dtype} is not valid; pass one float "
+                             "model-input image (1, C, H, W)")
+    if x.is_meta: raise CnnTricksError(f"{name} is on the meta device (a shape without values); pass real pixels")
+    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if conv is not None and x.shape[1] != conv.in_channels:
+        raise CnnTricksError(f"{name} has {x.shape[1]} channels but the model expects {conv.in_channels}")
+    return check_finite(name, x).to(model_device(model), model_dtype(model))
+
+
+def _coarse_windows(nh, nw):
+    "Every other window along each axis, and the last one: the coarse pass of coarse-to-fine."
+    iy, ix = torch.arange(nh)[:, None], torch.arange(nw)[None]
+    return ((iy % 2 == 0) | (iy == nh - 1)) & ((ix % 2 == 0) | (ix == nw - 1))
+
+
+def _refined_drops(model, x, base, settings, refine, nh, nw, progress):
+    "Coarse-to-fine: the coarse windows, then those whose evaluated neighbours differ by > `refine` x the range."
+    coarse = _coarse_windows(nh, nw)
+    score, drops = occlusion_drops(model, x, base, settings, todo=coarse, progress=progress)
+    done = coarse.to(drops.device)
+    est, spread = _refine_estimate(drops, done)
+    todo = ~done & (spread > refine * (drops[done].max() - drops[done].min()))
+    if todo.any():
+        _, fine = occlusion_drops(model, x, base, settings, todo=todo, progress=False)
+        drops = torch.where(todo, fine, drops)
+    return score, torch.where(torch.isnan(drops), est, drops)
+
+
 def occlusion_attribution(model, x, target=None, window=16, stride=8, baseline=0., output='prob', batch_size=None,
-                          channels_last=True, refine=None, stats=None, progress=True, fold_bn=True,
+                          *, channels_last=True, refine=None, stats=None, progress=True, fold_bn=True,
                           incremental=True):
     """Occlusion map of `x` (1, C, H, W, model-input space) for class `target` (default: the predicted class).
     `refine`: coarse-to-fine -- evaluate every other window, then only those whose evaluated neighbours differ by
     more than `refine` times the range of drops. The windows run through an `inference_copy` of `model` (eval,
     channels-last if asked, BatchNorms folded when `fold_bn`, the opening layers computed only around each window when
-    `incremental`); `model` itself is left as found.
+    `incremental`); `model` itself is left as found. `x` is moved to the model's device and cast to its dtype.
     -> (map (H, W), target, score)."""
-    window = (window, window) if isinstance(window, int) else tuple(window)
-    stride = (stride, stride) if isinstance(stride, int) else tuple(stride)
+    window, stride = _check_settings(target, window, stride, output, batch_size, refine,
+                                     dict(channels_last=channels_last, progress=progress, fold_bn=fold_bn,
+                                          incremental=incremental))
+    check_stats(stats)
+    x = _check_input(usable_model(model), x)
+    _check_window_fits(window, x)
+    base = occlusion_baseline(x, baseline, stats, window[0])
     _, _, h, w = x.shape
-    for n, v in (('window', window), ('stride', stride)):
-        if len(v) != 2 or not all(isinstance(i, int) and not isinstance(i, bool) and i > 0 for i in v):
-            raise CnnTricksError(f"{n}={v!r} is not valid; it must be a positive int (or a pair of them)")
-    if window[0] > h or window[1] > w:
-        raise CnnTricksError(f"window={window} is larger than the image ({h}x{w} px)")
-    if any(s > k for s, k in zip(stride, window)):
-        raise CnnTricksError(f"stride={stride} is larger than window={window}: pixels would be left out")
-    check_choice('output', output, ['prob', 'logit'])
-    if refine is not None: check_positive('refine', refine, allow_zero=True)
     with preserve_model(model), torch.no_grad():
-        model = inference_copy(model, x, channels_last, fold_bn)
-        base = occlusion_baseline(x, baseline, stats, window[0])
-        if hasattr(target, '__index__') and not isinstance(target, bool): target = int(target)
-        n_out = model(_in_format(x, channels_last)).shape[1] if target is not None else None
-        if target is None: target = int(model(_in_format(x, channels_last)).argmax(1)[0])
-        elif not isinstance(target, int) or isinstance(target, bool) or not 0 <= target < n_out:
+        model = inference_copy(model, x, channels_last=channels_last, fold_bn=fold_bn)
+        logits = model(_in_format(x, channels_last))
+        n_out = logits.shape[1]
+        if target is None: target = int(logits.argmax(1)[0])
+        elif int(target) >= n_out:
             raise CnnTricksError(f"target={target!r} is not valid; pass a class index 0..{n_out - 1} or None")
-        bs = batch_size or auto_batch_size(model, x)
-        check_positive('batch_size', bs)
+        settings = OcclusionSettings(window, stride, int(target), output=output,
+                                     batch_size=batch_size or auto_batch_size(model, x), channels_last=channels_last,
+                                     incremental=incremental)
         nh, nw = len(window_starts(h, window[0], stride[0])), len(window_starts(w, window[1], stride[1]))
-        if refine is None:
-            score, drops = occlusion_drops(model, x, base, target, window, stride, output, bs, None, progress,
-                                           channels_last, incremental)
-        else:
-            iy, ix = torch.arange(nh)[:, None], torch.arange(nw)[None]
-            coarse = ((iy % 2 == 0) | (iy == nh - 1)) & ((ix % 2 == 0) | (ix == nw - 1))
-            score, drops = occlusion_drops(model, x, base, target, window, stride, output, bs, coarse, progress,
-                                           channels_last, incremental)
-            done = coarse.to(drops.device)
-            est, spread = _refine_estimate(drops, done)
-            todo = ~done & (spread > refine * (drops[done].max() - drops[done].min()))
-            if todo.any():
-                _, fine = occlusion_drops(model, x, base, target, window, stride, output, bs, todo, False,
-                                          channels_last, incremental)
-                drops = torch.where(todo, fine, drops)
-            drops = torch.where(torch.isnan(drops), est, drops)
-    return drops_to_map(drops, (h, w), window, stride).cpu(), target, float(score)
+        if refine is None: score, drops = occlusion_drops(model, x, base, settings, progress=progress)
+        else: score, drops = _refined_drops(model, x, base, settings, refine, nh, nw, progress)
+    return drops_to_map(drops, (h, w), window, stride).cpu(), settings.target, float(score)
 
 
 def faithfulness_curves(model, x, attr, target, base, output='prob', steps=16, channels_last=True):
     """Deletion (remove the most important pixels first, replaced by `base`) and insertion (add them first to
     `base`) curves of the target score, with their AUC (Petsiuk et al. 2018); one batched forward pass."""
+    check_int('target', target, lo=0); check_choice('output', output, OUTPUTS); check_count('steps', steps)
+    check_bool('channels_last', channels_last)
+    x = _check_input(usable_model(model), x)
     _, c, h, w = x.shape
+    check_type('attr', attr, torch.Tensor, f'a map of shape ({h}, {w})')
+    if attr.numel() != h * w: raise CnnTricksError(f"attr of shape {tuple(attr.shape)} is not a ({h}, {w}) map")
+    check_finite('attr', attr)
+    check_type('base', base, torch.Tensor, 'a baseline tensor (see occlusion_baseline)')
+    base = check_finite('base', base).to(x)
     with preserve_model(model), memory_format(model, enabled=channels_last), torch.no_grad():
         model.eval()
         order = attr.to(x.device).reshape(-1).argsort(descending=True)
@@ -210,13 +273,15 @@ def occlusion_map(self: Learner, img,  # anything `learn.predict` accepts, or a 
     """Occlusion sensitivity: per pixel, the drop of the target's probability (or logit) when a window of the
     baseline covers it, averaged over the covering windows (captum's `Occlusion` with a window spanning all
     channels). Returns (map (H, W), faithfulness dict or None, Figure)."""
-    x = image_batch(self, img)
-    if len(x) != 1: raise CnnTricksError(f"occlusion_map takes one image; got a batch of {len(x)}")
-    model = self.model
-    stats = _stats(self, x.device)
+    _check_settings(target, window, stride, output, batch_size, refine,
+                    dict(channels_last=channels_last, fold_bn=fold_bn, incremental=incremental,
+                         faithfulness=faithfulness, progress=progress, show=show))
+    model = usable_model(self.model, 'learn.model')
+    x = image_batch(self, img, single=True)
+    stats = input_stats(self, x.device)
     attr, target, score = occlusion_attribution(model, x, target, window, stride, baseline, output, batch_size,
-                                                channels_last, refine, stats, progress, fold_bn,
-                                                incremental)
+                                                channels_last=channels_last, refine=refine, stats=stats,
+                                                progress=progress, fold_bn=fold_bn, incremental=incremental)
     curves = None
     if faithfulness:
         base = occlusion_baseline(x, baseline, stats, window if isinstance(window, int) else window[0])

@@ -8,10 +8,18 @@ s, lo and hi off the changed outputs; a module that is not local (it pools globa
 small to tell about gives None.
 """
 from __future__ import annotations
+from typing import NamedTuple
 
 import torch
 
-__all__ = ['local_geometry']
+__all__ = ['AxisGeometry', 'local_geometry']
+
+
+class AxisGeometry(NamedTuple):
+    "Along one axis: output j reads inputs j*stride - lo .. j*stride + hi."
+    stride: int
+    lo: int
+    hi: int
 
 
 def _axis(changed, r0, n_in, n_out):
@@ -25,7 +33,16 @@ def _axis(changed, r0, n_in, n_out):
     lo = max(j1 * s - (r0 + t + 1) for t, (_, j1) in enumerate(spans))
     hi = max((r0 + t) - j0 * s for t, (j0, _) in enumerate(spans))
     predicted = [(-((hi - r0 - t) // s), (r0 + t + 1 + lo) // s) for t in range(len(spans))]
-    return (s, lo, hi) if predicted == spans and lo + hi >= 0 else None
+    return AxisGeometry(s, lo, hi) if predicted == spans and lo + hi >= 0 else None
+
+
+def _centred_crop(n, size):
+    """(start, length) of a crop of about `size` px from the middle of a side of `n` px. It starts on a multiple of 8
+    and keeps the side's remainder mod 8, so that strides up to 8 see the same phase and 'same' padding computed from
+    the input size (timm's Conv2dSame) stays as in the full map."""
+    length = min(n, size + n % 8)
+    start = (n - length) // 2 // 8 * 8
+    return start, length
 
 
 @torch.no_grad()
@@ -35,9 +52,7 @@ def local_geometry(module, a: torch.Tensor, size: int = 48, rows: int = 4):
     measurable here. `rows` consecutive rows are perturbed: strides up to `rows` are told apart."""
     if not (isinstance(a, torch.Tensor) and a.dim() == 4 and len(a) == 1 and min(a.shape[2:]) >= 12): return None
     _, c, h, w = a.shape
-    # Crops start on multiples of 8 and keep the side's remainder mod 8, so that strides up to 8 see the same phase
-    # and 'same' padding computed from the input size (timm's Conv2dSame) stays as in the full map.
-    (y0, lh), (x0, lw) = ((((n - min(n, size + n % 8)) // 2) // 8 * 8, min(n, size + n % 8)) for n in (h, w))
+    (y0, lh), (x0, lw) = _centred_crop(h, size), _centred_crop(w, size)
     crop = a[:, :, y0:y0 + lh, x0:x0 + lw]
     ry, rx = lh // 2 // rows * rows, lw // 2 // rows * rows
     g = torch.Generator(device=a.device).manual_seed(0)

@@ -18,30 +18,44 @@ local, the occluded images go through the model whole.
 """
 from __future__ import annotations
 from contextlib import contextmanager
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
+from ..memformat import memory_format_for
 from .call_chain import forward_chain
-from .inference_copy import _set_module
+from .inference_copy import set_module
 from .receptive_field import local_geometry
 
-__all__ = ['window_forward']
+__all__ = ['WindowGrid', 'window_forward']
 
 
-def _fmt(channels_last): return torch.channels_last if channels_last else torch.contiguous_format
+class WindowGrid(NamedTuple):
+    "The occluding windows: their size (h, w) in px and the start rows `ys` / columns `xs` of the grid (1-D tensors)."
+    window: tuple
+    ys: torch.Tensor
+    xs: torch.Tensor
 
 
-def _full_forward(model, x, base, window, ys, xs, channels_last):
+class AxisCrop(NamedTuple):
+    "Along one axis, per window: the module's changed outputs (`count` of them from `first`) and the crop it runs on."
+    count: int  # changed outputs per window
+    first: torch.Tensor  # (n windows,) index of the first changed output
+    length: int  # crop length
+    start: torch.Tensor  # (n windows,) crop start
+
+
+def _full_forward(model, x, base, grid, channels_last):
     "Occluded images built in one vectorized `where` (no per-window loop), in the model's memory format."
     _, _, h, w = x.shape
     hh, ww = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
     x_hwc, base_hwc = x.permute(0, 2, 3, 1), base.expand_as(x).permute(0, 2, 3, 1)
 
     def occluded_images(iy, ix):  # window indices (B,) each
-        y0, x0 = ys[iy], xs[ix]
-        rows = (hh >= y0[:, None]) & (hh < y0[:, None] + window[0])
-        cols = (ww >= x0[:, None]) & (ww < x0[:, None] + window[1])
+        y0, x0 = grid.ys[iy], grid.xs[ix]
+        rows = (hh >= y0[:, None]) & (hh < y0[:, None] + grid.window[0])
+        cols = (ww >= x0[:, None]) & (ww < x0[:, None] + grid.window[1])
         mask = (rows[:, :, None] & cols[:, None, :])[..., None]  # (B, H, W, 1)
         xb = torch.where(mask, base_hwc, x_hwc).permute(0, 3, 1, 2)  # NCHW view of NHWC (channels-last) memory
         return model(xb if channels_last else xb.contiguous())
@@ -51,19 +65,22 @@ def _full_forward(model, x, base, window, ys, xs, channels_last):
 def _ceil_div(a, b): return -((-a) // b)
 
 
-def _crop_plan(p, m_in, n, n_out, s, lo, hi):
+def _crop_plan(p, m_in, n, n_out, geometry):
     """Along one axis, for a changed patch of `m_in` starting at `p` (one per window) on a side of `n`, feeding a
-    module of stride `s` whose output j reads inputs j*s - lo .. j*s + hi: (changed outputs' count m, their first
-    index, crop length L, crop start) -- or None if the crop would span the side."""
+    module whose output j reads inputs j*stride - lo .. j*stride + hi (`geometry`): the `AxisCrop` -- or None if
+    the crop would span the side."""
+    s, lo, hi = geometry
     m = min((m_in - 1 + lo + hi) // s + 1, n_out)
     j0 = _ceil_div(p - hi, s).clamp(0, n_out - m)
     before, after = _ceil_div(lo, s), _ceil_div(hi + 1, s) - 1  # strides of margin each side
-    L = (m + before + after) * s + n % s  # n % s: a crop ending at the map's edge still starts on the stride grid
-    if L >= n: return None
-    c0 = ((j0 - before) * s).clamp(0, n - L)
-    exact = (((c0 <= j0 * s - lo) | (c0 == 0)) & ((c0 + L >= (j0 + m - 1) * s + hi + 1) | (c0 + L == n))
-             & (c0 <= p) & (p + m_in <= c0 + L))
-    return (m, j0, L, c0) if bool(exact.all()) else None
+    length = (m + before + after) * s + n % s  # n % s: a crop ending at the map's edge still starts on the stride grid
+    if length >= n: return None
+    c0 = ((j0 - before) * s).clamp(0, n - length)
+    reads_inside = (c0 <= j0 * s - lo) | (c0 == 0)
+    ends_inside = (c0 + length >= (j0 + m - 1) * s + hi + 1) | (c0 + length == n)
+    holds_patch = (c0 <= p) & (p + m_in <= c0 + length)
+    exact = reads_inside & ends_inside & holds_patch
+    return AxisCrop(count=m, first=j0, length=length, start=c0) if bool(exact.all()) else None
 
 
 class _Precomputed(nn.Module):
@@ -72,69 +89,84 @@ class _Precomputed(nn.Module):
     def forward(self, x): return self.out
 
 
+def _arange(n, device): return torch.arange(n, device=device)
+
+
 class _CropStep:
-    "One module of the chain, run on a crop around each window's changed patch (or on the patch, if pointwise)."
-    def __init__(self, module, act, geometry, p_in, m_in, plan_y, plan_x, fmt):
+    """One module of the chain, run on a crop around each window's changed patch (or on the patch, if pointwise).
+    The patch fed in starts at `patch_at` (rows, columns: a tensor over windows each) and has `patch_size` (h, w)."""
+    def __init__(self, module, act, geometry, patch_at, patch_size, crop_y, crop_x, fmt):
+        dev = act.device
         self.module, self.fmt, self.act = module, fmt, act.permute(0, 2, 3, 1)[0].contiguous()  # (H, W, C)
         self.pointwise = geometry == ((1, 0, 0), (1, 0, 0))
-        self.p_in, self.m_in, self.stride = p_in, m_in, (geometry[0][0], geometry[1][0])
-        (self.my, self.j0y, self.ly, self.c0y), (self.mx, self.j0x, self.lx, self.c0x) = plan_y, plan_x
-        ar = lambda k: torch.arange(k, device=act.device)
-        self.ar_ly, self.ar_lx, self.ar_hy, self.ar_hx = ar(self.ly), ar(self.lx), ar(m_in[0]), ar(m_in[1])
-        self.ar_my, self.ar_mx = ar(self.my), ar(self.mx)
+        self.patch_at, self.stride = patch_at, (geometry[0][0], geometry[1][0])
+        self.y, self.x = crop_y, crop_x
+        self.crop_ry, self.crop_rx = _arange(crop_y.length, dev), _arange(crop_x.length, dev)
+        self.patch_ry, self.patch_rx = _arange(patch_size[0], dev), _arange(patch_size[1], dev)
+        self.out_ry, self.out_rx = _arange(crop_y.count, dev), _arange(crop_x.count, dev)
 
-    def __call__(self, patch, iy, ix, b):  # patch (B, h, w, C) at self.p_in[...][iy / ix]; b: arange(B)[:, None, None]
+    def __call__(self, patch, iy, ix, b):  # patch (B, h, w, C) at self.patch_at[...][iy / ix]; b: arange(B)[:, None, None]
         if self.pointwise: return self.module(patch.permute(0, 3, 1, 2).contiguous(memory_format=self.fmt)
                                               ).permute(0, 2, 3, 1)
-        c0y, c0x = self.c0y[iy], self.c0x[ix]
+        c0y, c0x = self.y.start[iy], self.x.start[ix]
         # (B, Ly, Lx, C): the image's activations around the window, then its changed patch pasted in
-        crop = self.act[(c0y[:, None] + self.ar_ly)[:, :, None], (c0x[:, None] + self.ar_lx)[:, None, :]]
-        crop[b, (self.p_in[0][iy] - c0y)[:, None, None] + self.ar_hy[:, None],
-             (self.p_in[1][ix] - c0x)[:, None, None] + self.ar_hx] = patch
+        crop = self.act[(c0y[:, None] + self.crop_ry)[:, :, None], (c0x[:, None] + self.crop_rx)[:, None, :]]
+        crop[b, (self.patch_at[0][iy] - c0y)[:, None, None] + self.patch_ry[:, None],
+             (self.patch_at[1][ix] - c0x)[:, None, None] + self.patch_rx] = patch
         out = self.module(crop.permute(0, 3, 1, 2).contiguous(memory_format=self.fmt)).permute(0, 2, 3, 1)
-        return out[b, (self.j0y[iy] - c0y // self.stride[0])[:, None, None] + self.ar_my[:, None],
-                   (self.j0x[ix] - c0x // self.stride[1])[:, None, None] + self.ar_mx]  # the next patch
+        return out[b, (self.y.first[iy] - c0y // self.stride[0])[:, None, None] + self.out_ry[:, None],
+                   (self.x.first[ix] - c0x // self.stride[1])[:, None, None] + self.out_rx]  # the next patch
 
 
-def _plan(model, xm, window, ys, xs, fmt, max_crop):
-    "[(name, step, activations after it)] for the opening chain of `model` on `xm`, as far as crops pay."
+class _PlanStep(NamedTuple):
+    name: str  # the module's name in the model
+    step: _CropStep
+    out: torch.Tensor  # the module's output on the image itself
+
+
+def _plan(model, xm, grid, fmt, max_crop):
+    "[_PlanStep] for the opening chain of `model` on `xm`, as far as crops pay."
     _, _, h, w = xm.shape
-    p, m = (ys.clamp(max=h - window[0]), xs.clamp(max=w - window[1])), window  # windows cut at the border, shifted in
-    plan, a = [], xm
+    window = grid.window
+    patch_at = (grid.ys.clamp(max=h - window[0]), grid.xs.clamp(max=w - window[1]))  # border windows shifted in
+    patch_size, plan, a = window, [], xm
     with torch.no_grad():
         for name, module in forward_chain(model, xm):
             out = module(a.clone())  # a clone: the module may work in place
             if not (isinstance(out, torch.Tensor) and out.dim() == 4): break
             g = local_geometry(module, a)
             if g is None: break
-            py = _crop_plan(p[0], m[0], a.shape[2], out.shape[2], *g[0])
-            px = _crop_plan(p[1], m[1], a.shape[3], out.shape[3], *g[1])
-            if py is None or px is None or py[2] * px[2] > max_crop * a.shape[2] * a.shape[3]: break
-            plan.append((name, _CropStep(module, a, g, p, m, py, px, fmt), out))
-            p, m, a = (py[1], px[1]), (py[0], px[0]), out
+            py = _crop_plan(patch_at[0], patch_size[0], a.shape[2], out.shape[2], g[0])
+            px = _crop_plan(patch_at[1], patch_size[1], a.shape[3], out.shape[3], g[1])
+            if py is None or px is None or py.length * px.length > max_crop * a.shape[2] * a.shape[3]: break
+            plan.append(_PlanStep(name, _CropStep(module, a, g, patch_at, patch_size, py, px, fmt), out))
+            patch_at, patch_size, a = (py.first, px.first), (py.count, px.count), out
     return plan
 
 
-def _incremental_forward(model, x, base, window, ys, xs, fmt, plan):
+def _incremental_forward(model, x, base, grid, fmt, plan):
     "(iy, ix) -> logits, running `plan`'s modules on crops; it expects them swapped for the stand-ins it names."
-    names, steps, last = [n for n, _, _ in plan], [s for _, s, _ in plan], plan[-1][2]
+    names, steps, last = [p.name for p in plan], [p.step for p in plan], plan[-1].out
     stand_ins = [nn.Identity() for _ in names[:-1]] + [_Precomputed()]
     x_hwc, base_hwc = x.permute(0, 2, 3, 1)[0], base.expand_as(x).permute(0, 2, 3, 1)[0]
-    ar_y, ar_x = torch.arange(window[0], device=x.device), torch.arange(window[1], device=x.device)
+    window, ys, xs = grid
+    ar_y, ar_x = _arange(window[0], x.device), _arange(window[1], x.device)
     nan = torch.full_like(x, float('nan')).contiguous(memory_format=fmt)  # the model must not read the image itself
 
     def incremental(iy, ix):
-        rows, cols = steps[0].p_in[0][iy][:, None] + ar_y, steps[0].p_in[1][ix][:, None] + ar_x  # (B, window)
-        inside = (((rows >= ys[iy][:, None]) & (rows < ys[iy][:, None] + window[0]))[:, :, None, None]
-                  & ((cols >= xs[ix][:, None]) & (cols < xs[ix][:, None] + window[1]))[:, None, :, None])
+        first = steps[0]
+        rows, cols = first.patch_at[0][iy][:, None] + ar_y, first.patch_at[1][ix][:, None] + ar_x  # (B, window)
+        in_rows = (rows >= ys[iy][:, None]) & (rows < ys[iy][:, None] + window[0])
+        in_cols = (cols >= xs[ix][:, None]) & (cols < xs[ix][:, None] + window[1])
+        inside = in_rows[:, :, None, None] & in_cols[:, None, :, None]
         patch = torch.where(inside, base_hwc[rows[:, :, None], cols[:, None, :]],
                             x_hwc[rows[:, :, None], cols[:, None, :]])  # (B, wy, wx, C): the occluded pixels
         b, s = len(iy), steps[-1]
-        bi = torch.arange(b, device=x.device)[:, None, None]
+        bi = _arange(b, x.device)[:, None, None]
         for step in steps: patch = step(patch, iy, ix, bi)
         out = last.expand(b, -1, -1, -1).contiguous(memory_format=fmt)
-        out.permute(0, 2, 3, 1)[bi, (s.j0y[iy][:, None] + s.ar_my)[:, :, None],
-                                (s.j0x[ix][:, None] + s.ar_mx)[:, None, :]] = patch  # the changed patch pasted in
+        out.permute(0, 2, 3, 1)[bi, (s.y.first[iy][:, None] + s.out_ry)[:, :, None],
+                                (s.x.first[ix][:, None] + s.out_rx)[:, None, :]] = patch  # the changed patch pasted in
         stand_ins[-1].out = out
         try: return model(nan.expand(b, -1, -1, -1))
         finally: stand_ins[-1].out = None
@@ -143,33 +175,38 @@ def _incremental_forward(model, x, base, window, ys, xs, fmt, plan):
 
 
 def _swap(model, names, modules):
-    for n, m in zip(names, modules): _set_module(model, n, m)
+    for n, m in zip(names, modules): set_module(model, n, m)
+
+
+def _close(got, ref):
+    return (isinstance(got, torch.Tensor) and got.shape == ref.shape
+            and bool((got - ref).abs().max() <= 1e-4 * ref.abs().max().clamp_min(1e-6)))
 
 
 @contextmanager
-def window_forward(model, x, base, window, ys, xs, channels_last=True, incremental=True, max_crop=0.5):
+def window_forward(model, x, base, window, ys, xs, *, channels_last=True, incremental=True, max_crop=0.5):
     """A context giving a function (iy, ix) -> logits of the image `x` (1, C, H, W) occluded by `base` in the
     windows of `window` px starting at (ys[iy], xs[ix]), for index tensors iy, ix (B,); its `units` attribute names
     the modules computed incrementally. `model` must be a throw-away `inference_copy`: with `incremental`, the
     modules of its opening chain are swapped, until exit, for stand-ins."""
-    full = _full_forward(model, x, base, window, ys, xs, channels_last)
+    grid = WindowGrid(tuple(window), ys, xs)
+    full = _full_forward(model, x, base, grid, channels_last)
     full.units = []
-    fmt = _fmt(channels_last)
-    plan = _plan(model, x.contiguous(memory_format=fmt), window, ys, xs, fmt, max_crop) if incremental else []
+    fmt = memory_format_for(channels_last)
+    plan = _plan(model, x.contiguous(memory_format=fmt), grid, fmt, max_crop) if incremental else []
     # Check the first, a middle and the last window against full passes, with the original modules in place. If a
     # later layer reads a chain module's output too, handing over after the first module may still be exact.
     iy = torch.tensor([0, len(ys) // 2, len(ys) - 1], device=x.device)
     ix = torch.tensor([0, len(xs) // 2, len(xs) - 1], device=x.device)
     ref = full(iy, ix) if plan else None
     for k in (sorted({len(plan), 1}, reverse=True) if plan else []):
-        fwd = _incremental_forward(model, x, base, window, ys, xs, fmt, plan[:k])
+        fwd = _incremental_forward(model, x, base, grid, fmt, plan[:k])
         originals = [model.get_submodule(n) for n in fwd.units]
         _swap(model, fwd.units, fwd.stand_ins)
         try: got = fwd(iy, ix)
         except Exception: got = None  # e.g. a later layer expecting a chain module's output of another shape
         finally: _swap(model, fwd.units, originals)
-        if (isinstance(got, torch.Tensor) and got.shape == ref.shape
-                and bool((got - ref).abs().max() <= 1e-4 * ref.abs().max().clamp_min(1e-6))):
+        if _close(got, ref):
             _swap(model, fwd.units, fwd.stand_ins)
             try: yield fwd
             finally: _swap(model, fwd.units, originals)

@@ -2,9 +2,8 @@
 every BatchNorm that directly follows a convolution folded into that convolution's weights.
 
 In eval mode a BatchNorm is a per-channel affine map, so `bn(conv(x))` equals a convolution with rescaled weights
-and a bias; folding saves one pass over every activation (about 11% of a resnet18 forward on 2 CPU cores). The copy
-is checked against the original on the caller's input and discarded if they differ; the user's model is never
-touched.
+and a bias; folding saves one pass over every activation (timings: bench/RESULTS.md). The copy is checked against
+the original on the caller's input and discarded if they differ; the user's model is never touched.
 """
 from __future__ import annotations
 import copy
@@ -12,7 +11,9 @@ import copy
 import torch
 from torch import nn
 
-__all__ = ['fold_batchnorms', 'inference_copy']
+from ..memformat import memory_format_for
+
+__all__ = ['set_module', 'fold_batchnorms', 'inference_copy']
 
 
 def _after_bn(bn):
@@ -44,7 +45,8 @@ def _conv_bn_pairs(model, x):
     return res
 
 
-def _set_module(model, name, new):
+def set_module(model, name, new):
+    "Replace the submodule of `model` called `name` (dotted) by `new`."
     parent, _, leaf = name.rpartition('.')
     setattr(model.get_submodule(parent) if parent else model, leaf, new)
 
@@ -61,16 +63,16 @@ def fold_batchnorms(model: nn.Module, x: torch.Tensor) -> int:
         conv.weight = nn.Parameter(w * scale.reshape(-1, *([1] * (w.dim() - 1))), requires_grad=False)
         b = conv.bias if conv.bias is not None else torch.zeros_like(scale)
         conv.bias = nn.Parameter(b * scale + shift, requires_grad=False)
-        _set_module(model, name, _after_bn(bn))
+        set_module(model, name, _after_bn(bn))
     return len(pairs)
 
 
-def inference_copy(model: nn.Module, x: torch.Tensor, channels_last: bool = True, fold_bn: bool = True,
+def inference_copy(model: nn.Module, x: torch.Tensor, *, channels_last: bool = True, fold_bn: bool = True,
                    rtol: float = 1e-4) -> nn.Module:
     """An eval-mode deep copy of `model` for repeated no-grad inference on inputs like `x`: channels-last if asked
     and BatchNorms folded into their convolutions. Falls back to an unfolded copy when the folded one's output on
     `x` differs from the original's by more than `rtol` of its scale (e.g. a conv output also used elsewhere)."""
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    fmt = memory_format_for(channels_last)
 
     def fresh():
         m = copy.deepcopy(model).eval().to(memory_format=fmt)
