@@ -10,7 +10,7 @@ How each argument maps (fastai's `IntToFloatTensor` has already scaled images to
 | zoom_range=z or [lo, hi] | `ZoomXY(lo, hi, p=1, keras=True)` (x and y drawn independently; z -> [1-z, 1+z]) |
 | horizontal_flip / vertical_flip | fastai `Flip(p=0.5)` / `FlipVertical(p=0.5)`, after the other geometric steps as in Keras |
 | fill_mode, cval | the fill of the single affine pass; cval in Keras' 0..255 units, divided by 255 |
-| interpolation_order=0 or 1 | `grid_sample` mode 'nearest' or 'bilinear' (scipy's spline orders 2..5 have no `grid_sample` mode) |
+| interpolation_order=0, 1 or 3 | `grid_sample` mode 'nearest', 'bilinear' or 'bicubic' (Keys' cubic convolution, close to scipy's cubic spline); orders 2, 4, 5 have no `grid_sample` mode |
 | all geometric ones | fused by `fuse_tfms` into one `AffineFill`: one `grid_sample` per batch |
 | channel_shift_range=c | `ChannelShift(c / 255, p=1)` (Keras' range is in 0..255 units) |
 | brightness_range=(lo, hi) | `BrightnessFactor(lo, hi, p=1)` (Keras goes through 8-bit PIL: its result is rounded) |
@@ -66,7 +66,8 @@ KERAS_DEFAULTS = dict(featurewise_center=False, samplewise_center=False, feature
                       vertical_flip=False, rescale=None, preprocessing_function=None, data_format=None,
                       validation_split=0.0, interpolation_order=1, dtype=None)
 _KERAS_FILLS = ('constant', 'nearest', 'reflect', 'wrap')
-_ORDER_MODES = {0: 'nearest', 1: 'bilinear'}  # scipy spline order -> grid_sample mode
+# scipy spline order -> grid_sample mode; bicubic is Keys' cubic convolution, not scipy's prefiltered cubic spline
+_ORDER_MODES = {0: 'nearest', 1: 'bilinear', 3: 'bicubic'}
 
 
 class KerasSplitter:
@@ -100,9 +101,9 @@ def _zoom_range(z):
 def _interpolation_mode(order):
     check_int('interpolation_order', order, lo=0, hi=5)
     if order not in _ORDER_MODES:
-        raise CnnTricksError(f"interpolation_order={order!r} is not valid here: grid_sample resamples with order 0 "
-                             "(nearest) or 1 (bilinear); scipy's spline orders 2..5 have no grid_sample equivalent "
-                             "(for a cubic, build Shear/Shift/ZoomXY with mode='bicubic')")
+        raise CnnTricksError(f"interpolation_order={order!r} is not valid here; grid_sample resamples with order 0 "
+                             "(nearest), 1 (bilinear) or 3 (bicubic); scipy's spline orders 2, 4 and 5 have no "
+                             "grid_sample equivalent")
     return _ORDER_MODES[order]
 
 
@@ -128,7 +129,7 @@ def keras_tfms(
         preprocessing_function=None,  # called on each image as HWC float32 in 0..255
         data_format=None,  # accepted and ignored: fastai batches are channels first
         validation_split=0.0,  # the first fraction of each class folder validates (a `splitter`)
-        interpolation_order=1,  # 0 (nearest) or 1 (bilinear)
+        interpolation_order=1,  # 0 (nearest), 1 (bilinear) or 3 (bicubic)
         dtype=None,  # accepted and ignored: fastai batches are float
 ) -> AttrDict:
     """fastai transforms for `ImageDataGenerator(...)` with the same arguments: a dict with `item_tfms`,
