@@ -10,7 +10,8 @@ from fastai.torch_core import TensorImage
 from fastai.vision.augment import RandTransform
 from fasttransform import Pipeline
 
-from ..core import CnnTricksError
+from ..core import CnnTricksError, check_bool, check_count, check_number, check_seed
+from ._checks import check_transforms
 
 __all__ = ['show_augmented']
 
@@ -30,6 +31,8 @@ def _as_batch(x, n):
     if not isinstance(x, torch.Tensor) or x.ndim not in (3, 4):
         raise CnnTricksError("x is not valid; pass an image (PIL, HWC array or CHW tensor), a batch (N,C,H,W) "
                              "or DataLoaders")
+    if x.shape[-3] not in (1, 3):
+        raise CnnTricksError(f"x is not valid: its images have {x.shape[-3]} channels; pass images with 1 or 3 channels")
     x = x.float() / 255 if not x.is_floating_point() else x.float()
     if x.ndim == 3: x = x[None].expand(n, *x.shape).clone()  # one image, n draws
     if x.shape[1] == 1: x = x.expand(-1, 3, -1, -1)
@@ -50,7 +53,13 @@ def _displayable(x):
 def show_augmented(x, tfms, n=8, ncols=8, seed=None, show_original=True, figsize=None, titles=True):
     """A grid of `x` under the batch transforms `tfms` (as in `batch_tfms`, training mode): one image -> `n`
     random draws; a batch or DataLoaders -> each image once. Returns the matplotlib Figure."""
-    tfms = list(tfms) if isinstance(tfms, (list, tuple)) else [tfms]
+    check_count('n', n); check_count('ncols', ncols); check_seed('seed', seed)
+    check_bool('show_original', show_original); check_bool('titles', titles)
+    if figsize is not None:
+        if not isinstance(figsize, (list, tuple)) or len(figsize) != 2:
+            raise CnnTricksError(f"figsize={figsize!r} is not valid; pass a pair (width, height) in inches")
+        for v in figsize: check_number('figsize', v, lo=0, lo_open=True)
+    tfms = check_transforms('tfms', tfms)
     xb = _as_batch(x, n)
     if seed is not None: torch.manual_seed(seed)
     pipe = Pipeline(tfms, split_idx=0)
