@@ -22,8 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from fastai.vision.all import set_seed  # noqa: E402
 from fastai_cnntricks.data import digits_dls, fashion_mnist_dls  # noqa: E402
 from fastai_cnntricks.transfer import timm_learner  # noqa: E402
-from fastai_cnntricks.augment import DEFAULT_SWEEP, resolve_sweep  # noqa: E402
-from fastai_cnntricks.augment.invariance_report_section import QUICK_SWEEP  # noqa: E402
+from fastai_cnntricks.invariance import DEFAULT_SWEEP, QUICK_SWEEP, resolve_sweep  # noqa: E402
 from machine import cpu_model  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / 'results'

@@ -8,9 +8,18 @@ warnings.filterwarnings('ignore', message='.*torch.jit.script.*is deprecated')
 __all__ = ['main']
 
 
+class _UsageError(Exception):
+    "A command line argparse cannot parse (e.g. `--seed abc`)."
+
+
+class _Parser(argparse.ArgumentParser):
+    # argparse prints the usage block and exits; the command's errors are one line, so raise and let main() print
+    def error(self, message): raise _UsageError(message)
+
+
 def _parser():
-    p = argparse.ArgumentParser(prog='cnntricks', description='CNN tricks for fastai Learners over timm backbones')
-    sub = p.add_subparsers(dest='command', required=True)
+    p = _Parser(prog='cnntricks', description='CNN tricks for fastai Learners over timm backbones')
+    sub = p.add_subparsers(dest='command', required=True, parser_class=_Parser)
     d = sub.add_parser('demo', help='fine-tune the embedded pretrained backbone and write an HTML report')
     d.add_argument('--data', default='digits', help="'digits' (default), 'fashion-mnist', or an ImageFolder path")
     d.add_argument('--arch', default='tf_efficientnet_lite0', help='timm architecture (default: %(default)s)')
@@ -23,18 +32,20 @@ def _parser():
     return p
 
 
+def _demo(args):
+    from .demo import run_demo
+    m = run_demo(data=args.data, arch=args.arch, epochs=args.epochs, size=args.size, out=args.out, seed=args.seed,
+                 n_per_class=args.n_per_class, quiet=args.quiet)
+    print(f"accuracy {m['accuracy']:.4f}, valid loss {m['valid_loss']:.4f}, fit {m['fit_s']} s; report: {m['report']}")
+
+
 def main(argv=None):
-    "Entry point: errors a user can fix print one line and exit with status 2."
-    args = _parser().parse_args(argv)
+    "Entry point: errors a user can fix print one line and exit with status 2, before any training."
     from .core import CnnTricksError
     try:
-        if args.command == 'demo':
-            from .demo import run_demo
-            m = run_demo(args.data, args.arch, args.epochs, args.size, args.out, args.seed,
-                         n_per_class=args.n_per_class, quiet=args.quiet)
-            print(f"accuracy {m['accuracy']:.4f}, valid loss {m['valid_loss']:.4f}, fit {m['fit_s']} s; "
-                  f"report: {m['report']}")
-    except CnnTricksError as e:
+        args = _parser().parse_args(argv)
+        if args.command == 'demo': _demo(args)
+    except (CnnTricksError, _UsageError) as e:
         print(f'cnntricks: error: {e}', file=sys.stderr)
         return 2
     return 0

@@ -280,12 +280,3 @@ def test_apply_fixed_every_transform():
                  (Cutout(), 0.)]:
         assert (t.apply_fixed(x, m) - x).abs().max() <= 1e-5, type(t).__name__
     assert torch.allclose(FlipVertical().apply_fixed(x, 1.), x.flip(-2), atol=1e-5)
-
-
-def test_show_augmented_and_report_section():
-    import matplotlib.figure
-    fig = show_augmented(batch(n=1)[0], [Shear(20, p=1.), GaussianNoise(.1, p=1.)], n=3, seed=0)
-    assert isinstance(fig, matplotlib.figure.Figure) and len([a for a in fig.axes if a.images]) == 4
-    from fastai_cnntricks.report.augmentation import augmentation_section
-    html = augmentation_section(images=batch(n=1)[0], n=3)
-    assert html.startswith('<section id="augmentation">') and 'data:image/png;base64,' in html

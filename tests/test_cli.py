@@ -45,19 +45,38 @@ def test_empty_folder_and_unreadable_image(tmp_path, capsys):
     assert 'unreadable' in capsys.readouterr().err
 
 
+def _digit_folder(path, n):
+    "An ImageFolder of the first `n` real digits."
+    x, y = digits_arrays()
+    for i in range(n):
+        (path/str(y[i])).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(x[i]).save(path/str(y[i])/f'{i}.png')
+    return path
+
+
+def test_fewer_training_images_than_the_batch_size(tmp_path, capsys, monkeypatch):
+    from fastai.learner import Learner
+    def boom(*a, **k): raise AssertionError('trained on a folder without one full batch')
+    monkeypatch.setattr(Learner, 'fit', boom)
+    assert main(['demo', '--data', str(_digit_folder(tmp_path/'small', 30)), '--quiet']) == 2
+    err = capsys.readouterr().err
+    assert 'batch' in err and len(err.strip().splitlines()) == 1 and 'Traceback' not in err
+
+
 def test_demo_writes_report(tmp_path):
-    x, y = digits_arrays()  # a small ImageFolder of real digits keeps this test quick
-    for i in range(80):
-        (tmp_path/'data'/str(y[i])).mkdir(parents=True, exist_ok=True)
-        Image.fromarray(x[i]).save(tmp_path/'data'/str(y[i])/f'{i}.png')
+    data = _digit_folder(tmp_path/'data', 80)  # a small ImageFolder of real digits keeps this test quick
     out = tmp_path/'report'
-    rc = main(['demo', '--data', str(tmp_path/'data'), '--epochs', '1', '--size', '32', '--out', str(out), '--quiet'])
+    rc = main(['demo', '--data', str(data), '--epochs', '1', '--size', '32', '--out', str(out), '--quiet'])
     assert rc == 0
     page = (out/'index.html').read_text()
     for title in ('Final metrics', 'Training', 'Parameter groups', 'Schedule', 'Augmentation', 'Label invariance',
                   'Interpretation', 'Confusion matrix'):
         assert f'<h2>{title}' in page
     assert page.count('<img') >= 10  # curves, schedule, augmentation, invariance, filters, maps, units, occlusion
+    for sid in ('schedule', 'augmentation', 'invariance', 'interpretation'): assert f'<section id="{sid}">' in page
+    assert 'peak LR (during training)' in page  # not only the annealed end-of-training LR
+    assert "{'p'" not in page and '(enc:' not in page  # transforms by name and magnitude, not raw fastai reprs
     m = json.loads((out/'metrics.json').read_text())
     assert m['n_train'] == 64 and 0 <= m['accuracy'] <= 1 and m['epochs'] == 1
     assert m['recipe'] == 'fine_tune_gradual(1)' and 'rotate' in m['safe_magnitudes']
+    assert all(' up to ' in t for t in m['suggested_transforms'])

@@ -230,18 +230,3 @@ def test_export_and_load_learner_with_callbacks(dls, tmp_path):
     back.dls = dls
     fit(back, 2)  # keeps working after the round trip
     assert len(back.schedule_log) > 0
-
-
-def test_plot_schedule_and_report_section(dls):
-    import matplotlib
-    from fastai_cnntricks.transfer import schedule_section_html
-    learn = make_learner(dls)
-    with pytest.raises(CnnTricksError, match='no schedule'): learn.plot_schedule()
-    fit(learn, 2, cbs=[GradualUnfreeze(every=0.5), DiscriminativeLR(0.7)])
-    fig = learn.plot_schedule()
-    assert isinstance(fig, matplotlib.figure.Figure) and len(fig.axes) == 2
-    html = schedule_section_html(learn)
-    assert html.startswith('<section id="schedule">') and 'data:image/png;base64,' in html and html.count('<tr>') == 5
-    rec = make_learner(dls)
-    fit(rec, 1, cbs=[ScheduleRecorder()])
-    assert len(rec.schedule_log) > 0

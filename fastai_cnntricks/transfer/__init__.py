@@ -9,5 +9,4 @@ from .forgetting import *
 from .recipes import *
 from .head_init import *
 from .plot_schedule import *
-from .report_section import *
 from .distributed import *

@@ -1,27 +1,34 @@
-"`InvarianceReport`: the results of `learn.invariance_check()` as a table, plots, safe magnitudes and suggested transforms."
+"""`InvarianceReport`: the results of `learn.invariance_check()` as a table, plots, safe magnitudes and suggested
+transforms. It holds the numbers and a `redraw` function for the flipped items' images; the HTML page is the report
+package's `invariance_section`."""
 from __future__ import annotations
-import base64
-import html
-import io
 
 import numpy as np
 import pandas as pd
-import torch
 import matplotlib.pyplot as plt
 
-from ..core import CnnTricksError, check_positive, model_device
+from ..core import CnnTricksError, check_number, check_count, check_bool
+from .catalogue import suggested_tfms
 
 __all__ = ['InvarianceReport']
 
 
-def _fmt(m): return f'{m:g}' if isinstance(m, (int, float)) else str(m)
+def _magnitude_text(m): return f'{m:g}' if isinstance(m, (int, float)) else str(m)
 
 
 class InvarianceReport:
     "Per (transform, magnitude): clean and augmented accuracy, affinity, flip rate, JS divergence, class transitions."
-    def __init__(self, sweep, keys, stats, ys, clean_preds, flips, vocab=None, source=None):
+    def __init__(self,
+                 sweep,  # [(FixedTfm, magnitudes)] as swept
+                 keys,  # [(FixedTfm, magnitude)]: the non-neutral pairs, in the order of the statistics
+                 stats,  # {'correct', 'flips', 'js', 'trans', 'n_y'}: numpy arrays per key (n_y per class)
+                 ys,  # the items' true classes
+                 clean_preds,  # the items' predicted classes without a transform
+                 flips,  # per key, up to `keep_flips` (item index, new prediction) pairs
+                 vocab=None,  # class names
+                 redraw=None):  # redraw(key index, item indices) -> ({i: clean image}, {i: augmented image})
         self.sweep, self.keys, self.stats, self.ys, self.clean_preds = sweep, keys, stats, ys, clean_preds
-        self.flips, self.source = flips, source or {}
+        self.flips, self.redraw = flips, redraw
         self.n_classes = len(stats['n_y'])
         self.vocab = [str(v) for v in vocab] if vocab is not None else [str(i) for i in range(self.n_classes)]
         self.tfms = {ft.name: ft for ft, _ in sweep}
@@ -31,11 +38,18 @@ class InvarianceReport:
         self.table = pd.DataFrame([self.row(ft.name, m) for ft, ms in sweep for m in ms])
 
     # -- numbers --------------------------------------------------------------------------------------------------
-    def _key(self, tfm, magnitude):
+    def _name(self, tfm):
+        "The name of a swept transform (given by name or as a `FixedTfm`)."
         name = getattr(tfm, 'name', tfm)
-        if name not in self.tfms:
+        if not isinstance(name, str) or name not in self.tfms:
             raise CnnTricksError(f"tfm={name!r} was not swept; swept: {', '.join(map(repr, self.tfms))}")
+        return name
+
+    def _key(self, tfm, magnitude):
+        "(name, index of (tfm, magnitude) in the statistics); the index is None at the neutral magnitude."
+        name = self._name(tfm)
         ft = self.tfms[name]
+        check_number('magnitude', magnitude)
         if ft.severity(magnitude) == 0: return name, None
         if (name, magnitude) not in self._index:
             ms = [m for f, ms in self.sweep if f.name == name for m in ms]
@@ -46,6 +60,7 @@ class InvarianceReport:
         """The most frequent class transitions among items whose prediction changed (true class -> new
         prediction, corrections excluded): count, share of the true class's items, share of all changed items."""
         name, k = self._key(tfm, magnitude)
+        check_count('top', top)
         cols = ['true', 'pred', 'count', 'of_class', 'of_flips']
         if k is None: return pd.DataFrame(columns=cols)
         C = self.n_classes
@@ -75,7 +90,8 @@ class InvarianceReport:
         """Per transform, the largest swept magnitude (going out from the neutral one) up to which the accuracy drop
         stays within `max_drop` (a fraction: 0.02 = 2 points). `interpolate`: linearly between the last safe and
         the first unsafe magnitude, where the drop crosses `max_drop`."""
-        check_positive('max_drop', max_drop, allow_zero=True)
+        check_number('max_drop', max_drop, lo=0, hi=1)
+        check_bool('interpolate', interpolate)
         res = {}
         for ft, ms in self.sweep:
             rows = [self.row(ft.name, m) for m in ms]  # ms: sorted by severity, neutral first
@@ -92,20 +108,31 @@ class InvarianceReport:
 
     def suggest_tfms(self, max_drop=0.02) -> list:
         "fastai batch transforms at the safe magnitudes (transforms that are never safe are left out)."
-        from .invariance_catalogue import suggested_tfms
         return suggested_tfms(self.safe_magnitudes(max_drop), self.tfms)
+
+    def suggestions(self, max_drop=0.02) -> pd.DataFrame:
+        "Per transform safe beyond its neutral magnitude: the safe magnitude, its unit and the fastai transform to train with."
+        rows = []
+        for name, m in self.safe_magnitudes(max_drop).items():
+            t = self.tfms[name].suggest(m)
+            if t is not None: rows.append(dict(tfm=name, safe_magnitude=m, unit=self.tfms[name].unit,
+                                               train_with=type(t).__name__))
+        return pd.DataFrame(rows, columns=['tfm', 'safe_magnitude', 'unit', 'train_with'])
 
     # -- pictures -------------------------------------------------------------------------------------------------
     def plot(self, tfms=None, max_drop=0.02, figsize=None):
         """Affinity and flip rate against magnitude, one line per transform. Magnitudes have different units, so
         the x axis is each transform's position in its own sweep (0 = neutral, 1 = its largest magnitude)."""
-        names = list(self.tfms) if tfms is None else [getattr(t, 'name', t) for t in tfms]
+        if isinstance(tfms, str): tfms = [tfms]
+        names = list(self.tfms) if tfms is None else [self._name(t) for t in tfms]
+        check_number('max_drop', max_drop, lo=0, hi=1, allow_none=True)
+        if max_drop is not None: check_number('max_drop', max_drop, lo=0, hi=1)
         fig, (a1, a2) = plt.subplots(1, 2, figsize=figsize or (12, 4))
         for i, nm in enumerate(names):
             df = self.table[self.table.tfm == nm]
             sev = np.array([self.tfms[nm].severity(m) for m in df.magnitude])
             x = sev / max(sev.max(), 1e-12)
-            lbl = f"{nm} (max {_fmt(df.magnitude.iloc[-1])}{self.tfms[nm].unit and ' ' + self.tfms[nm].unit})"
+            lbl = f"{nm} (max {_magnitude_text(df.magnitude.iloc[-1])}{self.tfms[nm].unit and ' ' + self.tfms[nm].unit})"
             ls = '-' if i < 10 else '--'
             a1.plot(x, df.affinity * 100, ls, marker='o', ms=3, label=lbl)
             a2.plot(x, df.flip_rate * 100, ls, marker='o', ms=3, label=lbl)
@@ -118,34 +145,22 @@ class InvarianceReport:
         fig.tight_layout()
         return fig
 
-    def _images(self, name, k, idxs):
+    def _images(self, k, idxs):
         "Clean and augmented image-space images of the items `idxs`, redrawn exactly as in the sweep."
-        from .invariance import _batches, _seeded
-        src = self.source
-        if 'dl' not in src: raise CnnTricksError("this report keeps no data; show_flips needs the report of a sweep")
-        ft, dev = self.tfms[name], model_device(src['learn'].model)
-        want, clean, aug, seen = set(idxs), {}, {}, 0
-        with torch.no_grad():
-            for bi, b in enumerate(_batches(src['dl'], src['n_items'])):
-                here = [i for i in range(len(b[0])) if seen + i in want]
-                if here:
-                    x = b[0].to(dev)
-                    with _seeded(ft, src['seed'] + 7919 * bi + k, dev): xa = ft(x, self.keys[k][1])
-                    for i in here: clean[seen + i], aug[seen + i] = x[i].cpu(), xa[i].cpu()
-                seen += len(b[0])
-                if len(clean) == len(want): break
-        return clean, aug
+        if self.redraw is None: raise CnnTricksError("this report keeps no data; show_flips needs the report of a sweep")
+        return self.redraw(k, idxs)
 
     def show_flips(self, tfm, magnitude, k=9, ncols=3, figsize=None):
         "Grid of up to `k` items whose prediction changed at `magnitude`: clean and augmented, with labels."
         name, key = self._key(tfm, magnitude)
-        check_positive('k', k)
+        check_count('k', k)
+        check_count('ncols', ncols)
         items = [] if key is None else self.flips[key][:k]
         if not items:
             fig, ax = plt.subplots(figsize=(4, 1)); ax.axis('off')
-            ax.text(.5, .5, f'no prediction changed under {name} at {_fmt(magnitude)}', ha='center', va='center')
+            ax.text(.5, .5, f'no prediction changed under {name} at {_magnitude_text(magnitude)}', ha='center', va='center')
             return fig
-        clean, aug = self._images(name, key, [i for i, _ in items])
+        clean, aug = self._images(key, [i for i, _ in items])
         nrows = -(-len(items) // ncols)
         fig, axs = plt.subplots(nrows, 2 * ncols, figsize=figsize or (2.6 * ncols, 1.45 * nrows + .4), squeeze=False)
         for a in axs.flat: a.axis('off')
@@ -156,7 +171,7 @@ class InvarianceReport:
                                   (axs[r, 2 * c + 1], aug[i], f'→ {self.vocab[pa]}')):
                 a.imshow(img.float().clamp(0, 1).permute(1, 2, 0).squeeze(-1).numpy(), cmap='gray')
                 a.set_title(title, fontsize=8, color='k' if title.startswith('true') else 'firebrick')
-        fig.suptitle(f'{name} at {_fmt(magnitude)}{self.tfms[name].unit and " " + self.tfms[name].unit}: '
+        fig.suptitle(f'{name} at {_magnitude_text(magnitude)}{self.tfms[name].unit and " " + self.tfms[name].unit}: '
                      f'{self.row(name, magnitude)["flip_rate"]:.1%} of predictions change', fontsize=9)
         fig.tight_layout()
         return fig
@@ -177,24 +192,7 @@ class InvarianceReport:
         r = self.table.loc[self.table.flip_rate.idxmax()]
         return r.tfm, r.magnitude
 
-    def to_html(self, max_drop=0.02, flips=True) -> str:
-        "The report as an HTML fragment (plot, summary, full table, flip examples, suggested transforms)."
-        def png(fig):
-            buf = io.BytesIO(); fig.savefig(buf, format='png', dpi=72, bbox_inches='tight'); plt.close(fig)
-            return f'<img alt="invariance" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}"/>'
-        fmt = dict(float_format=lambda v: f'{v:.3g}', index=False)
-        body = [f'<p>Clean accuracy {self.clean_acc:.1%} on {self.n} items; tolerance {max_drop:.0%} accuracy drop.</p>',
-                png(self.plot(max_drop=max_drop)), self.summary(max_drop).to_html(**fmt)]
-        if flips and len(self.keys):
-            name, m = self.worst()
-            body.append(f'<h3>Items whose prediction changed: {html.escape(name)} at {_fmt(m)}</h3>')
-            body.append(png(self.show_flips(name, m)))
-        sug = ''.join(f'<li><code>{html.escape(repr(t))[:200]}</code></li>' for t in self.suggest_tfms(max_drop))
-        body.append(f'<h3>Suggested transforms</h3><ul>{sug or "<li>none is safe</li>"}</ul>')
-        body.append(f'<details><summary>Full table</summary>{self.table.to_html(**fmt)}</details>')
-        return '\n'.join(body)
-
-    def _repr_html_(self): return self.to_html(flips=False)
+    def _repr_html_(self): return self.summary()._repr_html_()
 
     def __repr__(self):
         return (f'InvarianceReport({len(self.tfms)} transforms, {len(self.keys)} magnitudes, {self.n} items, '

@@ -1,12 +1,13 @@
-"The demo report's 'interpretation' section: filters, feature maps, unit visualizations, occlusion maps as HTML."
+"The report's interpretation section: filters, feature maps, unit visualizations and occlusion maps."
 from __future__ import annotations
 import html, time
 
 import torch
+from fastai.learner import Learner
 
-from ..core import preserve_model
-from ..report import fig_html
-from .layers import capture, StopForward, as_maps
+from ..core import preserve_model, check_type, check_count, check_bool
+from ..interpret import capture, StopForward, as_maps
+from .page import fig_html, section
 
 __all__ = ['two_depths', 'interpretation_section']
 
@@ -34,18 +35,24 @@ def _strongest_units(learn, layer, n):
     return means.argsort(descending=True)[:n].tolist()
 
 
-def interpretation_section(learn, n_units: int = 8,  # unit visualizations (with their top-activating images)
-                           steps: int = 16, size: int = 64,  # maximize_unit optimization steps and image size
+def interpretation_section(learn: Learner,
+                           n_units: int = 8,  # unit visualizations (with their top-activating images)
+                           steps: int = 16,  # maximize_unit optimization steps
+                           size: int = 64,  # maximize_unit image size
                            n_occlusion: int = 4,  # validation images with occlusion maps
                            top_k: int = 4,  # top-activating validation images shown per unit
-                           faithfulness: bool = True,
+                           faithfulness: bool = True,  # add the deletion/insertion curves to the occlusion maps
                            max_batches: int | None = 2) -> str:  # validation batches searched for top activations
-    """HTML for the report's 'interpretation' section: first-layer filters, feature maps of one image at two depths,
-    `n_units` unit visualizations beside their top-activating images, and occlusion maps for `n_occlusion`
-    validation images. A few seconds on 2 CPU cores at the defaults."""
+    """First-layer filters, feature maps of one image at two depths, `n_units` unit visualizations beside their
+    top-activating images, and occlusion maps for `n_occlusion` validation images (`<section id="interpretation">`)."""
+    check_type('learn', learn, Learner, 'a fastai Learner')
+    for name, v in dict(n_units=n_units, steps=steps, size=size, top_k=top_k).items(): check_count(name, v)
+    check_count('n_occlusion', n_occlusion, allow_zero=True)
+    check_count('max_batches', max_batches, allow_none=True)
+    check_bool('faithfulness', faithfulness)
     t0 = time.time()
     model, ds = learn.model, learn.dls.valid_ds
-    parts = ['<section id="interpretation"><h2>Interpretation</h2>']
+    parts = []
     _, fig = learn.show_filters(show=False)
     parts += ['<h3>First-layer filters</h3>', fig_html(fig, 'first-layer filters')]
     early, late = two_depths(model)
@@ -67,5 +74,5 @@ def interpretation_section(learn, n_units: int = 8,  # unit visualizations (with
         _, curves, fig = learn.occlusion_map(ds[i], window=window, stride=max(1, window // 2),
                                              faithfulness=faithfulness, progress=False, show=False)
         parts.append(fig_html(fig, f'occlusion {i}'))
-    parts.append(f'<p><small>Section computed in {time.time() - t0:.1f} s.</small></p></section>')
-    return '\n'.join(parts)
+    parts.append(f'<p><small>Section computed in {time.time() - t0:.1f} s.</small></p>')
+    return section('Interpretation', '\n'.join(parts), id='interpretation')

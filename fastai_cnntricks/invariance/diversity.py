@@ -6,7 +6,7 @@ from fastai.callback.core import Callback
 from fastai.learner import ValueMetric
 from fastai.vision.augment import RandTransform
 
-from ..core import preserve_model, model_device
+from ..core import preserve_model, model_device, check_count, check_type
 
 __all__ = ['DiversityMonitor']
 
@@ -25,7 +25,9 @@ class DiversityMonitor(Callback):
     def __init__(self,
                  n_batches=4,  # training batches measured per epoch
                  metric_name='diversity'):  # column name in the recorder
-        self.n_batches, self.metric_name, self.values, self._value = n_batches, metric_name, [], None
+        self.n_batches = check_count('n_batches', n_batches)
+        self.metric_name = check_type('metric_name', metric_name, str, 'a column name (str)')
+        self.values, self._value = [], None
 
     def before_fit(self):
         self._metric = ValueMetric(lambda: self._value, self.metric_name)
