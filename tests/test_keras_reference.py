@@ -289,3 +289,11 @@ def test_validation_split_per_class_folder(tmp_path):
     train, valid = keras_tfms(validation_split=.3).splitter(items)
     assert sorted(str(items[i].relative_to(tmp_path)) for i in valid) == sorted(it.filenames)
     assert sorted(train + valid) == list(range(len(items)))
+
+
+def test_signature_is_image_data_generators():
+    "keras_tfms takes ImageDataGenerator's keyword arguments with Keras' defaults (show_doc, tab completion)."
+    import inspect
+    ours_sig = {k: p.default for k, p in inspect.signature(keras_tfms).parameters.items()}
+    theirs = {k: p.default for k, p in inspect.signature(ImageDataGenerator.__init__).parameters.items() if k != 'self'}
+    assert ours_sig == theirs
