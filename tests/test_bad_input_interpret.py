@@ -261,3 +261,14 @@ def test_rgba_images_lose_their_alpha_channel(learn):
         got, _ = learn.show_feature_maps(img, '2', show=False)
         torch.testing.assert_close(got, want)
     assert not math.isnan(float(learn.occlusion_map(rgba, window=8, stride=8, progress=False, show=False)[0].sum()))
+
+
+def test_a_learner_in_mixed_precision_gives_the_float32_results(dls):
+    "fastai's `to_fp16` keeps float32 weights (autocast runs in a callback, not here): every method works as before."
+    torch.manual_seed(0)
+    ref = Learner(dls, tiny_cnn().eval(), loss_func=CrossEntropyLossFlat())
+    mixed = Learner(dls, copy.deepcopy(ref.model), loss_func=CrossEntropyLossFlat()).to_fp16()
+    item = dls.valid_ds[0]
+    for name in ('layer_names', 'show_feature_maps', 'occlusion_map'):
+        got, want = METHODS[name](mixed, item), METHODS[name](ref, item)
+        assert got == want if name == 'layer_names' else torch.equal(got, want), name

@@ -14,7 +14,8 @@ from ..core import (CnnTricksError, check_bool, check_choice, check_count, check
 from .featvis_objectives import Objective, OUTPUT, objectives
 from .featvis_param import MIN_SIZE, check_param, image_param
 from .featvis_transforms import get_transforms
-from .inputs import check_finite, check_image_size, check_stats, input_stats, model_dtype, model_in_channels, to_display, usable_model
+from .inputs import (check_finite, check_image_size, check_stats, input_stats, model_dtype, model_in_channels,
+                     to_display, usable_model)
 from .layers import capture, StopForward, as_maps
 from .memformat import memory_format, memory_format_for
 from .plots import finish, image_grid
@@ -34,7 +35,7 @@ def run_objective(model, objective: Objective, x: torch.Tensor) -> dict:
     return maps
 
 
-def _check_render_args(n, size, steps, param, decorrelate, transforms, lr, stats, seed, progress, channels_last):
+def _check_render_args(*, n, size, steps, param, decorrelate, transforms, lr, stats, seed, progress, channels_last):
     check_count('n', n); check_image_size('size', size, least=MIN_SIZE); check_count('steps', steps)
     check_param(param); check_bool('decorrelate', decorrelate); get_transforms(transforms)
     check_positive('lr', lr); check_stats(stats); check_seed('seed', seed)
@@ -50,10 +51,11 @@ def render(model, objective: Objective, n: int, size=128, steps=256, *, param='f
     a half-precision model in its own dtype."""
     usable_model(model)
     check_type('objective', objective, Objective, 'an Objective (see objectives.channel, objectives.logit, ...)')
-    _check_render_args(n, size, steps, param, decorrelate, transforms, lr, stats, seed, progress, channels_last)
+    _check_render_args(n=n, size=size, steps=steps, param=param, decorrelate=decorrelate, transforms=transforms, lr=lr,
+                       stats=stats, seed=seed, progress=progress, channels_last=channels_last)
     device, dtype = model_device(model), model_dtype(model)
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
-    params, image = image_param(n, size, param, decorrelate, generator=gen, device=device)
+    params, image = image_param(n, size, param=param, decorrelate=decorrelate, generator=gen, device=device)
     tfm = get_transforms(transforms)
     model.eval()
     for p in model.parameters(): p.requires_grad_(False)
@@ -116,7 +118,8 @@ def maximize_unit(self: Learner, layer,  # dotted layer name or module (ignored 
     comes from the DataLoaders (or timm's config). Returns (images (N, 3, size, size) in [0, 1], Figure)."""
     units = _units(unit)
     if not isinstance(objective, Objective): check_choice('objective', objective, ['channel', 'neuron', 'logit'])
-    _check_render_args(1, size, steps, param, decorrelate, transforms, lr, None, seed, progress, True)
+    _check_render_args(n=1, size=size, steps=steps, param=param, decorrelate=decorrelate, transforms=transforms, lr=lr,
+                       stats=None, seed=seed, progress=progress, channels_last=True)
     check_number('diversity', diversity, lo=0); check_count('n_per_unit', n_per_unit); check_bool('show', show)
     model = usable_model(self.model, 'learn.model')
     if model_in_channels(model) != 3:
@@ -133,7 +136,7 @@ def maximize_unit(self: Learner, layer,  # dotted layer name or module (ignored 
         if diversity:
             div_layer = name if name != OUTPUT else obj.layers[0]
             obj = obj + diversity * objectives.diversity(div_layer, groups=per_image)
-        imgs = render(model, obj, len(per_image), size, steps, param=param, decorrelate=decorrelate,
+        imgs = render(model, obj, len(per_image), size=size, steps=steps, param=param, decorrelate=decorrelate,
                       transforms=transforms, lr=lr, stats=stats, seed=seed, progress=progress)
     titles = [f'{"class" if objective == "logit" else "unit"} {u}' for u in per_image]
     what = obj.name if isinstance(objective, Objective) else objective

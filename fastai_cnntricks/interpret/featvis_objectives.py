@@ -1,7 +1,8 @@
 """Feature visualization, idea 3 of 4: objectives -- what to maximize. Each objective maps the captured
 activations to one value per image in the batch (so several units are optimized together in one batch);
 objectives compose with +, - and * by a number, as in Lucid/Lucent. A new objective is one small function, added
-to the `objectives` namespace at the end (a namespace, so that `logit` never hides fastai's `logit` in a star import)."""
+to the `objectives` namespace at the end (a namespace, so that `logit` never hides fastai's `logit` in a star
+import)."""
 from __future__ import annotations
 from types import SimpleNamespace
 

@@ -39,7 +39,7 @@ def usable_model(model, name: str = 'model') -> nn.Module:
 
 
 def check_image_size(name: str, size, allow_none: bool = False, least: int = 1):
-    "An image size: a whole number of px >= `least`, or an (h, w) pair of them; returned as (h, w) (or None if allowed)."
+    "An image size: a whole number of px >= `least`, or an (h, w) pair of them; -> (h, w) (or None if allowed)."
     if size is None and allow_none: return None
     if isinstance(size, (tuple, list)):
         if len(size) != 2:
@@ -115,7 +115,8 @@ def _as_rgb(img: Image.Image, n_in: int) -> Image.Image:
 def _ready_batch(img: torch.Tensor, n_in: int, name: str) -> torch.Tensor:
     "A 4-D tensor taken as a ready model input, with its channel count checked."
     if not img.is_floating_point():
-        raise CnnTricksError(f"a 4-D tensor is taken as a ready model input and must be float; got {name} of {img.dtype}")
+        raise CnnTricksError(f"a 4-D tensor is taken as a ready model input and must be float; got {name} of "
+                             f"{img.dtype}")
     if len(img) == 0: raise CnnTricksError(f"{name} is an empty batch (0 images)")
     check_finite(name, img)
     if img.shape[1] == 1 and n_in == 3:

@@ -29,7 +29,7 @@ class StopForward(Exception):
 
 
 def model_input_size(learn, size=None):
-    "Input (H, W) for a dry pass: `size` (px, or an (h, w) pair), else the DataLoaders' item size, else timm's config, else 224."
+    "Input (H, W) for a dry pass: `size` (px or (h, w)), else the DataLoaders' item size, else timm's config, else 224."
     if size is not None: return check_image_size('size', size)
     try:
         x = learn.dls.valid.do_item(0)[0] if len(learn.dls.valid_ds) else None

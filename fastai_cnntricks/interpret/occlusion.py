@@ -112,7 +112,7 @@ def occlusion_drops(model, x, base, settings: OcclusionSettings, todo=None, prog
         pos = todo.nonzero()
         drops = torch.full((len(ys), len(xs)), float('nan'), device=x.device)
         chunks = pos.split(batch_size)
-        with window_forward(model, x, base, window, ys, xs, channels_last=channels_last,
+        with window_forward(model, x, base, window=window, ys=ys, xs=xs, channels_last=channels_last,
                             incremental=incremental) as forward:
             for p in (progress_bar(chunks, leave=False) if progress and len(chunks) > 1 else chunks):
                 drops[p[:, 0], p[:, 1]] = score - _score(forward(p[:, 0], p[:, 1]), target, output)
@@ -148,7 +148,7 @@ def _pair(name, v):
                                                 "them)") from None
 
 
-def _check_settings(target, window, stride, output, batch_size, refine, flags):
+def _check_settings(*, target, window, stride, output, batch_size, refine, flags):
     "Every setting of an occlusion run checked before any work; -> (window, stride) as pairs."
     window, stride = _pair('window', window), _pair('stride', stride)
     if any(s > k for s, k in zip(stride, window)):
@@ -183,9 +183,9 @@ def _coarse_windows(nh, nw):
     return ((iy % 2 == 0) | (iy == nh - 1)) & ((ix % 2 == 0) | (ix == nw - 1))
 
 
-def _refined_drops(model, x, base, settings, refine, nh, nw, progress):
+def _refined_drops(model, x, base, settings, *, refine, n_windows, progress):
     "Coarse-to-fine: the coarse windows, then those whose evaluated neighbours differ by > `refine` x the range."
-    coarse = _coarse_windows(nh, nw)
+    coarse = _coarse_windows(*n_windows)
     score, drops = occlusion_drops(model, x, base, settings, todo=coarse, progress=progress)
     done = coarse.to(drops.device)
     est, spread = _refine_estimate(drops, done)
@@ -205,13 +205,13 @@ def occlusion_attribution(model, x, target=None, window=16, stride=8, baseline=0
     channels-last if asked, BatchNorms folded when `fold_bn`, the opening layers computed only around each window when
     `incremental`); `model` itself is left as found. `x` is moved to the model's device and cast to its dtype.
     -> (map (H, W), target, score)."""
-    window, stride = _check_settings(target, window, stride, output, batch_size, refine,
-                                     dict(channels_last=channels_last, progress=progress, fold_bn=fold_bn,
-                                          incremental=incremental))
+    flags = dict(channels_last=channels_last, progress=progress, fold_bn=fold_bn, incremental=incremental)
+    window, stride = _check_settings(target=target, window=window, stride=stride, output=output,
+                                     batch_size=batch_size, refine=refine, flags=flags)
     check_stats(stats)
     x = _check_input(usable_model(model), x)
     _check_window_fits(window, x)
-    base = occlusion_baseline(x, baseline, stats, window[0])
+    base = occlusion_baseline(x, baseline, stats=stats, window=window[0])
     _, _, h, w = x.shape
     with preserve_model(model), torch.no_grad():
         model = inference_copy(model, x, channels_last=channels_last, fold_bn=fold_bn)
@@ -225,7 +225,8 @@ def occlusion_attribution(model, x, target=None, window=16, stride=8, baseline=0
                                      incremental=incremental)
         nh, nw = len(window_starts(h, window[0], stride[0])), len(window_starts(w, window[1], stride[1]))
         if refine is None: score, drops = occlusion_drops(model, x, base, settings, progress=progress)
-        else: score, drops = _refined_drops(model, x, base, settings, refine, nh, nw, progress)
+        else: score, drops = _refined_drops(model, x, base, settings, refine=refine, n_windows=(nh, nw),
+                                            progress=progress)
     return drops_to_map(drops, (h, w), window, stride).cpu(), settings.target, float(score)
 
 
@@ -273,19 +274,22 @@ def occlusion_map(self: Learner, img,  # anything `learn.predict` accepts, or a 
     """Occlusion sensitivity: per pixel, the drop of the target's probability (or logit) when a window of the
     baseline covers it, averaged over the covering windows (captum's `Occlusion` with a window spanning all
     channels). Returns (map (H, W), faithfulness dict or None, Figure)."""
-    _check_settings(target, window, stride, output, batch_size, refine,
-                    dict(channels_last=channels_last, fold_bn=fold_bn, incremental=incremental,
-                         faithfulness=faithfulness, progress=progress, show=show))
+    flags = dict(channels_last=channels_last, fold_bn=fold_bn, incremental=incremental, faithfulness=faithfulness,
+                 progress=progress, show=show)
+    _check_settings(target=target, window=window, stride=stride, output=output, batch_size=batch_size, refine=refine,
+                    flags=flags)
     model = usable_model(self.model, 'learn.model')
     x = image_batch(self, img, single=True)
     stats = input_stats(self, x.device)
-    attr, target, score = occlusion_attribution(model, x, target, window, stride, baseline, output, batch_size,
+    attr, target, score = occlusion_attribution(model, x, target=target, window=window, stride=stride,
+                                                baseline=baseline, output=output, batch_size=batch_size,
                                                 channels_last=channels_last, refine=refine, stats=stats,
                                                 progress=progress, fold_bn=fold_bn, incremental=incremental)
     curves = None
     if faithfulness:
-        base = occlusion_baseline(x, baseline, stats, window if isinstance(window, int) else window[0])
-        curves = faithfulness_curves(model, x, attr, target, base, output, channels_last=channels_last)
+        base = occlusion_baseline(x, baseline, stats=stats, window=window if isinstance(window, int) else window[0])
+        curves = faithfulness_curves(model, x, attr, target=target, base=base, output=output,
+                                     channels_last=channels_last)
     vocab = getattr(self.dls, 'vocab', None)
     label = vocab[target] if vocab is not None and target < len(vocab) else target
     fig, axs = plt.subplots(1, 3 if faithfulness else 2, figsize=(9 if faithfulness else 6, 3), squeeze=False)

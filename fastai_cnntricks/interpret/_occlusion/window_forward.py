@@ -105,7 +105,7 @@ class _CropStep:
         self.patch_ry, self.patch_rx = _arange(patch_size[0], dev), _arange(patch_size[1], dev)
         self.out_ry, self.out_rx = _arange(crop_y.count, dev), _arange(crop_x.count, dev)
 
-    def __call__(self, patch, iy, ix, b):  # patch (B, h, w, C) at self.patch_at[...][iy / ix]; b: arange(B)[:, None, None]
+    def __call__(self, patch, iy, ix, b):  # patch (B, h, w, C) at patch_at[..][iy / ix]; b: arange(B)[:, None, None]
         if self.pointwise: return self.module(patch.permute(0, 3, 1, 2).contiguous(memory_format=self.fmt)
                                               ).permute(0, 2, 3, 1)
         c0y, c0x = self.y.start[iy], self.x.start[ix]
@@ -136,10 +136,12 @@ def _plan(model, xm, grid, fmt, max_crop):
             if not (isinstance(out, torch.Tensor) and out.dim() == 4): break
             g = local_geometry(module, a)
             if g is None: break
-            py = _crop_plan(patch_at[0], patch_size[0], a.shape[2], out.shape[2], g[0])
-            px = _crop_plan(patch_at[1], patch_size[1], a.shape[3], out.shape[3], g[1])
+            py = _crop_plan(patch_at[0], patch_size[0], n=a.shape[2], n_out=out.shape[2], geometry=g[0])
+            px = _crop_plan(patch_at[1], patch_size[1], n=a.shape[3], n_out=out.shape[3], geometry=g[1])
             if py is None or px is None or py.length * px.length > max_crop * a.shape[2] * a.shape[3]: break
-            plan.append(_PlanStep(name, _CropStep(module, a, g, patch_at, patch_size, py, px, fmt), out))
+            step = _CropStep(module, a, geometry=g, patch_at=patch_at, patch_size=patch_size, crop_y=py, crop_x=px,
+                             fmt=fmt)
+            plan.append(_PlanStep(name, step, out))
             patch_at, patch_size, a = (py.first, px.first), (py.count, px.count), out
     return plan
 
@@ -200,7 +202,7 @@ def window_forward(model, x, base, window, ys, xs, *, channels_last=True, increm
     ix = torch.tensor([0, len(xs) // 2, len(xs) - 1], device=x.device)
     ref = full(iy, ix) if plan else None
     for k in (sorted({len(plan), 1}, reverse=True) if plan else []):
-        fwd = _incremental_forward(model, x, base, grid, fmt, plan[:k])
+        fwd = _incremental_forward(model, x, base, grid=grid, fmt=fmt, plan=plan[:k])
         originals = [model.get_submodule(n) for n in fwd.units]
         _swap(model, fwd.units, fwd.stand_ins)
         try: got = fwd(iy, ix)
