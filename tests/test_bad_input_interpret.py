@@ -241,12 +241,13 @@ def test_half_precision_models_work_and_stay_as_found(dls, dtype):
 
 
 def test_grads_and_their_layout_are_restored(dls):
-    "maximize_unit and the faithfulness curves run the model channels-last: the grads held before keep their layout."
+    "maximize_unit, render and the faithfulness curves run the model channels-last: the grads held keep their layout."
     learn = Learner(dls, tiny_cnn(), loss_func=CrossEntropyLossFlat())
     g = torch.Generator().manual_seed(0)
     for p in learn.model.parameters(): p.grad = torch.randn(p.shape, generator=g)
     before = full_state(learn.model)
     learn.maximize_unit('0', 0, steps=2, size=SIZE, progress=False, show=False)
+    render(learn.model, objectives.channel('0', 0), 1, size=SIZE, steps=1, progress=False)  # the bare loop, too
     learn.occlusion_map(dls.valid_ds[0], window=8, stride=8, faithfulness=True, progress=False, show=False)
     assert_same_state(before, full_state(learn.model))
     assert learn.model[0].weight.grad.is_contiguous()

@@ -22,6 +22,7 @@ from .plots import finish, image_grid
 
 __all__ = ['run_objective', 'render']
 
+
 def run_objective(model, objective: Objective, x: torch.Tensor) -> dict:
     "Forward `x`, stopping as soon as the objective's layers are captured; -> dict name -> (B, C, H, W) maps."
     layers = [l for l in objective.layers if l != OUTPUT]
@@ -45,10 +46,9 @@ def _check_render_args(*, n, size, steps, param, decorrelate, transforms, lr, st
 def render(model, objective: Objective, n: int, size=128, steps=256, *, param='fft', decorrelate=True,
            transforms='standard', lr=0.05, stats=None, seed=None, progress=True, channels_last=True) -> torch.Tensor:
     """Optimize `n` images (one batch) to maximize `objective` on `model`; -> images (n, 3, H, W) in [0, 1].
-    The caller keeps the model as found (`preserve_model`); here it is put in eval mode with frozen weights so
-    no weight gradient is ever computed, and run in channels-last memory format if asked (faster on CPU: see
-    bench/RESULTS.md; the original tensors are put back after). The images are optimized in float32 and handed to
-    a half-precision model in its own dtype."""
+    Meanwhile the model is in eval mode with frozen weights, so no weight gradient is ever computed, and runs in
+    channels-last memory format if asked (faster on CPU: see bench/RESULTS.md); afterwards it is as found. The images
+    are optimized in float32 and handed to a half-precision model in its own dtype."""
     usable_model(model)
     check_type('objective', objective, Objective, 'an Objective (see objectives.channel, objectives.logit, ...)')
     _check_render_args(n=n, size=size, steps=steps, param=param, decorrelate=decorrelate, transforms=transforms, lr=lr,
@@ -57,11 +57,11 @@ def render(model, objective: Objective, n: int, size=128, steps=256, *, param='f
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
     params, image = image_param(n, size, param=param, decorrelate=decorrelate, generator=gen, device=device)
     tfm = get_transforms(transforms)
-    model.eval()
-    for p in model.parameters(): p.requires_grad_(False)
     opt = torch.optim.Adam(params, lr=lr)
     fmt = memory_format_for(channels_last)
-    with memory_format(model, enabled=channels_last):
+    with preserve_model(model), memory_format(model, enabled=channels_last):
+        model.eval()
+        for p in model.parameters(): p.requires_grad_(False)
         for _ in (progress_bar(range(steps), leave=False) if progress else range(steps)):
             x = tfm(image(), generator=gen)
             if stats is not None: x = (x - stats[0]) / stats[1]
