@@ -68,6 +68,14 @@ def test_layer_names_shapes_and_errors(dls):
     with pytest.raises(CnnTricksError, match="'conv', 'linear'"): learn.layer_names('convs')
 
 
+def test_layer_names_norm_kind_is_the_norm_layers(dls):
+    "timm's NormMlpClassifierHead has 'Norm' in its name but is a head; its LayerNorm2d is the norm layer."
+    learn = make_learner(dls, 'convnext_atto')
+    norms = learn.layer_names('norm')
+    assert 'head.norm' in norms and 'head' not in norms and 'stem.1' in norms
+    assert all('Norm' in type(learn.model.get_submodule(n)).__name__ for n in norms)
+
+
 def test_show_filters_rgb_depthwise_grouped(dls):
     learn = make_learner(dls, 'plain')
     w = learn.model[0].weight.detach()
