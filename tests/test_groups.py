@@ -79,7 +79,7 @@ def test_discriminative_lrs_reach_each_stage():
 
 def test_group_summary(dls, capsys):
     learn = timm_learner(dls, 'tf_efficientnet_lite0')  # embedded weights: starts frozen
-    df = learn.group_summary()
+    df = learn.group_summary(show=True)
     assert list(df.columns) == ['name', 'params', 'trainable', 'state', 'lr']
     assert df['state'].iloc[-1] == 'trainable' and df['state'].iloc[0] == 'partly (norm layers)'
     assert df['params'].sum() == sum(p.numel() for p in learn.model.parameters())

@@ -16,6 +16,8 @@ from fastai.callback.core import Callback
 from fastai.learner import Learner
 from fastcore.basics import patch
 
+from ..core import CnnTricksError, check_bool
+
 __all__ = ['patch_distributed_broadcast', 'RegisterAllParams', 'transfer_distrib_ctx']
 
 
@@ -29,9 +31,11 @@ def _broadcast(self, t, rank):
 
 
 def patch_distributed_broadcast():
-    "Make fastai's `DistributedDL` work on gloo (CPU) process groups too; idempotent."
+    "Make fastai's `DistributedDL` work on gloo (CPU) process groups too; idempotent. Returns fastai's own method."
     from fastai.distributed import DistributedDL
+    orig = DistributedDL.__dict__['_broadcast']
     DistributedDL._broadcast = _broadcast
+    return orig
 
 
 class RegisterAllParams(Callback):
@@ -64,8 +68,14 @@ def transfer_distrib_ctx(self: Learner,
                          find_unused_parameters: bool = True,  # needed once a registered parameter is frozen
                          **kwargs):  # more Accelerator arguments
     "fastai's `distrib_ctx`, made safe for freezing schedules and for CPU (gloo) process groups."
-    from accelerate import DistributedDataParallelKwargs
-    patch_distributed_broadcast()
+    if sync_bn is not None: check_bool('sync_bn', sync_bn)
+    check_bool('find_unused_parameters', find_unused_parameters)
+    try: from accelerate import DistributedDataParallelKwargs
+    except ImportError as e:
+        raise CnnTricksError("transfer_distrib_ctx needs Accelerate: pip install 'fastai_cnntricks[distributed]' "
+                             "(or: pip install accelerate)") from e
+    from fastai.distributed import DistributedDL
+    fastai_broadcast = patch_distributed_broadcast()
     cuda = torch.cuda.is_available()
     if sync_bn is None: sync_bn = cuda
     if not cuda: kwargs.setdefault('cpu', True)
@@ -78,3 +88,4 @@ def transfer_distrib_ctx(self: Learner,
         with self.distrib_ctx(sync_bn=sync_bn, kwargs_handlers=handlers, **kwargs): yield self
     finally:
         self.remove_cbs(cbs)
+        DistributedDL._broadcast = fastai_broadcast  # leave fastai as found

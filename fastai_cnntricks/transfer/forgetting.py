@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from fastai.callback.core import Callback
+from fastai.callback.core import Callback, GatherPredsCallback
 from fastai.learner import ValueMetric
 
-from ..core import CnnTricksError, check_positive, preserve_model
+from ..core import CnnTricksError, check_bool, check_positive, check_type, preserve_model
 from .groups import head_module
 
 __all__ = ['L2SP', 'DriftMonitor', 'linear_cka', 'body_features']
@@ -33,6 +33,10 @@ class L2SP(Callback):
         self.alpha, self.beta, self.w0 = alpha, beta, None
 
     def reset(self): self.w0 = None
+
+    def __getstate__(self):
+        "Exported without `w0`: the reference copy would double the file; a later fit records it again."
+        return {**self.__dict__, 'w0': None}
 
     def record_start(self, model: nn.Module | None = None):
         "Record the starting weights `w0` (the pretrained values) now."
@@ -97,20 +101,40 @@ class DriftMonitor(Callback):
                  source_head: nn.Module | None = None,  # maps body features to source logits (default: the model itself)
                  per_group: bool = True,  # one drift column per group (else only the mean)
                  cka: bool = True):
+        if probe is not None:
+            check_type('probe', probe, torch.Tensor, 'an input batch tensor (n, channels, h, w) or None')
+            if probe.dim() != 4 or not len(probe):
+                raise CnnTricksError(f"probe of shape {tuple(probe.shape)} is not valid; pass a batch (n, channels, h, w)")
+        if source_head is not None: check_type('source_head', source_head, nn.Module, 'an nn.Module or None')
+        check_bool('per_group', per_group); check_bool('cka', cka)
         self.probe, self.source_dl, self.source_head, self.per_group, self.cka = probe, source_dl, source_head, per_group, cka
-        self.w0, self.history = None, []
+        self.w0, self.history, self._values, self._in_fit = None, [], {}, False
+        self._default_probe = probe is None
+
+    def __getstate__(self):
+        "Exported without its reference copies (weights, features, probe batch): a later fit records them again."
+        return {**self.__dict__, 'w0': None, 'f0': None, 'probe': None if self._default_probe else self.probe,
+                '_values': {}}
+
+    def _check_probe(self):
+        want = _in_channels(self.learn.model)
+        if want is not None and self.probe.shape[1] != want:
+            raise CnnTricksError(f"probe has {self.probe.shape[1]} channels but the model takes {want}; pass a batch "
+                                 f"(n, {want}, h, w) or leave probe=None for the first validation batch")
 
     def _record_start(self):
         groups = self.learn.opt.param_lists if self.learn.opt is not None else self.learn.splitter(self.learn.model)
         self.w0 = [[p.detach().clone() for p in g] for g in groups]
         if self.cka:
             if self.probe is None: self.probe = self.learn.dls.valid.one_batch()[0]
+            self._check_probe()
             self.f0 = body_features(self.learn.model, self.probe)
 
     def before_fit(self):
+        if any(isinstance(cb, GatherPredsCallback) for cb in self.learn.cbs): return  # get_preds/predict: no training
         if self.learn.opt is None: self.learn.create_opt()
         if self.w0 is None: self._record_start()
-        self._values = {}
+        self._values, self._in_fit = {}, True
         n = len(self.w0)
         names = [f'drift_g{i}' for i in range(n)] if self.per_group else ['drift']
         if self.cka: names.append('feat_cka')
@@ -148,11 +172,20 @@ class DriftMonitor(Callback):
         return correct / max(total, 1)
 
     def after_validate(self):
+        if not self._in_fit: return  # get_preds/predict (e.g. after load_learner) are not training epochs
         self._values = self.measure()
         self.history.append(self._values)
 
     def after_fit(self):
+        if not self._in_fit: return
+        self._in_fit = False
         self.learn.metrics = [m for m in self.learn.metrics if m not in self._mets]
+
+
+def _in_channels(model):
+    "Input channels of the model's first convolution (None if it has none)."
+    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    return None if conv is None else conv.in_channels
 
 
 class _Getter:

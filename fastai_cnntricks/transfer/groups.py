@@ -6,9 +6,9 @@ from torch import nn
 from fastcore.basics import patch
 from fastai.learner import Learner
 
-from ..core import CnnTricksError
+from ..core import CnnTricksError, check_bool
 
-__all__ = ['timm_groups', 'timm_splitter', 'timm_fine_splitter', 'head_module', 'group_names']
+__all__ = ['timm_groups', 'timm_splitter', 'timm_fine_splitter', 'head_module', 'group_names']  # + Learner.group_summary, unfreeze_all
 
 
 def _timm_model(model):
@@ -99,8 +99,11 @@ def group_names(learn: Learner) -> list[str]:
 
 
 @patch
-def group_summary(self: Learner, show=True) -> pd.DataFrame:
+def group_summary(self: Learner,
+                  show: bool = False  # also print it (scripts); a notebook displays the returned table once by itself
+                  ) -> pd.DataFrame:
     "A table of the parameter groups: name, parameter count, how many are trainable, and the current LR."
+    check_bool('show', show)
     if self.opt is None: self.create_opt()
     names = group_names(self)
     rows = []
@@ -112,3 +115,17 @@ def group_summary(self: Learner, show=True) -> pd.DataFrame:
     df = pd.DataFrame(rows).set_index('group')
     if show: print(df.to_string())
     return df
+
+
+@patch
+def unfreeze_all(self: Learner) -> Learner:
+    """Every parameter trainable and no schedule's LR factors left in the optimizer: the state to continue from after a
+    schedule was stopped early (an exception, Ctrl-C) between phases. fastai's `unfreeze` plus the LR restore."""
+    if self.opt is None: self.create_opt()
+    unscaled = getattr(self.opt, 'unscaled_lrs', None)  # left by an LRScaler interrupted inside a step
+    if unscaled is not None:
+        for h, lr in zip(self.opt.hypers, unscaled): h['lr'] = lr
+        self.opt.unscaled_lrs = None
+    for g in self.opt.param_lists:
+        for p in g: p.requires_grad_(True)
+    return self

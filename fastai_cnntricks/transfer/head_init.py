@@ -8,25 +8,42 @@ from fastcore.basics import patch
 from fastai.learner import Learner
 from fastai.vision.augment import RandTransform
 
-from ..core import CnnTricksError, check_positive
+from ..core import CnnTricksError, check_count, check_positive, preserve_model
 from .groups import head_module
-from .forgetting import body_features
 
-__all__ = ['train_features', 'probe_init_head']
+__all__ = ['classifier_layer', 'train_features', 'probe_init_head']
+
+
+def classifier_layer(model: nn.Module) -> nn.Linear:
+    "The head's last `nn.Linear`: timm's classifier itself, or the end of fastai's `vision_learner` head (pool, BN, ...)."
+    head = head_module(getattr(model, 'module', model))
+    linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise CnnTricksError(f"probe_init_head needs a linear classifier in the head, found {type(head).__name__} "
+                             "without an nn.Linear")
+    return linears[-1]
 
 
 def train_features(learn: Learner, dl=None, max_batches: int | None = None):
-    """Body features (eval mode, no grad) and labels of the training items, unshuffled and without random
-    augmentation (the probe should see the images as validation does); the first `max_batches` batches only if set."""
+    """The features that reach the classifier's last Linear (eval mode, no grad) and labels of the training items,
+    unshuffled and without random augmentation (the probe should see the images as validation does); the first
+    `max_batches` batches only if set."""
+    model = getattr(learn.model, 'module', learn.model)
+    clf, feats = classifier_layer(model), []
     if dl is None:
         dl = learn.dls.train
         dl = dl.new(shuffle=False, drop_last=False,
                     after_batch=[t for t in dl.after_batch.fs if not isinstance(t, RandTransform)])
-    fs, ys = [], []
-    for i, (xb, yb) in enumerate(dl):
-        if max_batches is not None and i >= max_batches: break
-        fs.append(body_features(learn.model, xb)); ys.append(yb)
-    return torch.cat(fs), torch.cat(ys)
+    ys = []
+    with preserve_model(model), torch.no_grad():
+        model.eval()
+        hook = clf.register_forward_pre_hook(lambda m, inp: feats.append(inp[0].detach().flatten(1)))
+        try:
+            for i, (xb, yb) in enumerate(dl):
+                if max_batches is not None and i >= max_batches: break
+                model(xb); ys.append(yb)
+        finally: hook.remove()
+    return torch.cat(feats), torch.cat(ys)
 
 
 @patch
@@ -39,17 +56,15 @@ def probe_init_head(self: Learner,
     load it into the classifier. With 10 images per class an SGD head sees ~15 steps in 5 epochs; this one converges.
     The default L2 is scikit-learn's `LogisticRegression()` (C = 1 on the summed loss is 1/n on the mean loss)."""
     if wd is not None: check_positive('wd', wd, allow_zero=True)
-    head = head_module(getattr(self.model, 'module', self.model))
-    if not isinstance(head, nn.Linear):
-        raise CnnTricksError(f"probe_init_head needs a linear classifier as the head, found {type(head).__name__}")
-    if max_batches is not None: check_positive('max_batches', max_batches)
+    check_count('max_iter', max_iter); check_count('max_batches', max_batches, allow_none=True)
+    head = classifier_layer(self.model)
     x, y = train_features(self, dl, max_batches)
     if x.shape[1] != head.in_features:
         raise CnnTricksError(f"body features have {x.shape[1]} dims but the head takes {head.in_features}")
     x = x.as_subclass(torch.Tensor).float()  # plain tensors: fastai's TensorImage/TensorCategory dispatch gets in the way
     w = torch.zeros(head.out_features, x.shape[1], requires_grad=True)
-    b = torch.zeros(head.out_features, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], max_iter=max_iter, line_search_fn='strong_wolfe')
+    b = torch.zeros(head.out_features, requires_grad=head.bias is not None)  # fastai's last Linear has no bias
+    opt = torch.optim.LBFGS([w, b] if head.bias is not None else [w], max_iter=max_iter, line_search_fn='strong_wolfe')
     y = y.as_subclass(torch.Tensor).long().cpu(); x = x.cpu()
     if wd is None: wd = 1. / len(y)
 
@@ -60,5 +75,6 @@ def probe_init_head(self: Learner,
         return loss
     with torch.enable_grad(): opt.step(closure)
     with torch.no_grad():
-        head.weight.copy_(w.detach().to(head.weight)); head.bias.copy_(b.detach().to(head.bias))
+        head.weight.copy_(w.detach().to(head.weight))
+        if head.bias is not None: head.bias.copy_(b.detach().to(head.bias))
     return self

@@ -4,7 +4,7 @@ from __future__ import annotations
 from fastai.vision.all import Learner, Normalize, accuracy, CrossEntropyLossFlat
 from fastcore.meta import delegates
 
-from ..core import CnnTricksError
+from ..core import CnnTricksError, check_bool, check_count, check_type
 from .groups import timm_splitter
 from .weights import create_timm_model, resolve_pretrained
 
@@ -25,10 +25,14 @@ def timm_learner(dls, arch: str, pretrained='auto', n_out: int | None = None, sp
 
     `pretrained`: True (timm download), False, a checkpoint path, 'embedded' or 'auto' (embedded where shipped).
     Normalization comes from timm's pretrained config; with weights the body starts frozen, as in `vision_learner`."""
+    check_type('arch', arch, str, "a timm model name (see timm.list_models())")
+    check_count('n_out', n_out, allow_none=True)
+    check_bool('normalize', normalize); check_bool('freeze', freeze)
+    if model_kwargs is not None: check_type('model_kwargs', model_kwargs, dict, 'a dict of timm.create_model arguments')
     if n_out is None: n_out = getattr(dls, 'c', None)
     if not n_out: raise CnnTricksError("n_out is not given and the DataLoaders have no `c` (number of classes); pass n_out=")
+    has_weights = resolve_pretrained(arch, pretrained) is not False  # before the model: 'auto' warns there
     model = create_timm_model(arch, pretrained, n_out=n_out, **(model_kwargs or {}))
-    has_weights = resolve_pretrained(arch, pretrained) is not False
     if normalize and has_weights:
         cfg = model.pretrained_cfg
         add_norm(dls, cfg.get('mean', (0.485, 0.456, 0.406)), cfg.get('std', (0.229, 0.224, 0.225)))

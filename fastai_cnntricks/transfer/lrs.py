@@ -5,15 +5,14 @@ import numpy as np
 from fastai.callback.core import Callback
 from fastai.learner import Learner
 
-from ..core import CnnTricksError
+from ..core import CnnTricksError, check_number, check_positive
 
 __all__ = ['layer_decay_lrs', 'LRScaler', 'DiscriminativeLR', 'ScheduleRecorder', 'ScheduleLog']
 
 
 def _check_decay(decay):
-    if not isinstance(decay, (int, float)) or isinstance(decay, bool) or not 0 < decay <= 1:
-        raise CnnTricksError(f"decay={decay!r} is not valid; it must be a number in (0, 1] "
-                             "(ULMFiT uses 1/2.6 ~ 0.38, ConvNeXt/BEiT 0.7-0.8; 1 means no decay)")
+    "A factor in (0, 1] (ULMFiT uses 1/2.6 ~ 0.38, ConvNeXt/BEiT 0.7-0.8; 1 means no decay)."
+    check_number('decay', decay, lo=0, hi=1, lo_open=True)
     return decay
 
 
@@ -23,8 +22,7 @@ def _n_groups(learn):
 
 def layer_decay_lrs(learn: Learner, lr: float, decay: float) -> np.ndarray:
     "Per-group LRs `lr * decay**(n_groups-1-i)`: the head gets `lr`, each group below `decay` times the one above; pass as `lr_max`."
-    if not isinstance(lr, (int, float)) or lr <= 0: raise CnnTricksError(f"lr={lr!r} is not valid; it must be a number > 0")
-    _check_decay(decay)
+    check_positive('lr', lr); _check_decay(decay)
     n = _n_groups(learn)
     return lr * decay ** np.arange(n - 1, -1, -1, dtype=float)
 
@@ -64,7 +62,7 @@ class LRScaler(Callback):
             if isinstance(cb, LRScaler):
                 g = cb.group_factors()
                 if g is not None: f = f * np.asarray(g, dtype=float)
-        self._orig = [h['lr'] for h in hypers]
+        self._orig = self.opt.unscaled_lrs = [h['lr'] for h in hypers]  # on the optimizer too: a Ctrl-C skips after_step
         for h, lr, k in zip(hypers, self._orig, f): h['lr'] = lr * k
         log = getattr(self.learn, 'schedule_log', None)
         if log is not None:
@@ -77,7 +75,7 @@ class LRScaler(Callback):
         orig = getattr(self, '_orig', None)
         if orig is None: return
         for h, lr in zip(self.opt.hypers, orig): h['lr'] = lr
-        self._orig = None
+        self._orig = self.opt.unscaled_lrs = None
 
     def after_step(self): self._restore()
     def after_fit(self): self._restore()

@@ -7,7 +7,8 @@ from fastai.callback.core import Callback
 
 from ..core import CnnTricksError, check_choice
 
-__all__ = ['norm_types', 'is_norm', 'has_running_stats', 'NormPolicy']
+# `norm_layer_types`, not `norm_types`: a star import must not rebind fastai's `norm_types` tuple
+__all__ = ['norm_layer_types', 'is_norm', 'has_running_stats', 'NormPolicy']
 
 
 def _timm_norm_types():
@@ -21,7 +22,7 @@ def _timm_norm_types():
     return tuple(t for t in (getattr(tl, n, None) for n in names) if isinstance(t, type))
 
 
-def norm_types() -> tuple:
+def norm_layer_types() -> tuple:
     "Every norm layer class we know: torch's BatchNorm/InstanceNorm/GroupNorm/LayerNorm/RMSNorm and timm's (incl. norm+act layers)."
     torch_types = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
     if hasattr(nn, 'RMSNorm'): torch_types += (nn.RMSNorm,)
@@ -34,8 +35,11 @@ _NORM_TYPES = None
 def is_norm(m: nn.Module) -> bool:
     "Is `m` a normalization layer (any torch or timm type)?"
     global _NORM_TYPES
-    if _NORM_TYPES is None: _NORM_TYPES = norm_types()
+    if _NORM_TYPES is None: _NORM_TYPES = norm_layer_types()
     return isinstance(m, _NORM_TYPES)
+
+
+norm_types = norm_layer_types  # the older name, for code that imports it from here
 
 
 def has_running_stats(m: nn.Module) -> bool:

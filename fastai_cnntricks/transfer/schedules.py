@@ -7,7 +7,7 @@ import bisect
 import numpy as np
 from fastai.callback.core import Callback
 
-from ..core import CnnTricksError, check_positive
+from ..core import CnnTricksError, check_choice, check_count, check_fraction, check_positive, check_type
 from .lrs import LRScaler
 from .norms import NormPolicy
 
@@ -23,8 +23,7 @@ class FreezeSchedule(LRScaler):
 
     def __init__(self, warmup: float = 0.5, norm: NormPolicy | None = None):
         check_positive('warmup', warmup, allow_zero=True)
-        if norm is not None and not isinstance(norm, NormPolicy):
-            raise CnnTricksError(f"norm={norm!r} is not valid; pass a NormPolicy(affine=..., stats=...) or None")
+        if norm is not None: check_type('norm', norm, NormPolicy, 'a NormPolicy(affine=..., stats=...) or None')
         self.warmup, self.norm = warmup, norm
 
     # -- to define in subclasses
@@ -107,10 +106,11 @@ class FreezeSchedule(LRScaler):
 
 
 def _check_groups(n, total, name):
-    if n in (None, 'all', -1): return total
+    "A number of trainable groups: an int >= 1, -1 or 'all' (all `total`); `total=None` checks the form only."
+    if n is None or (isinstance(n, str) and n == 'all') or (n == -1 and not isinstance(n, bool)): return total
     if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
-        raise CnnTricksError(f"{name}: {n!r} trainable groups is not valid; use an int >= 1, -1 or 'all'")
-    if n > total:
+        raise CnnTricksError(f"{name}={n!r} is not valid; a number of trainable groups is an int >= 1, -1 or 'all'")
+    if total is not None and n > total:
         raise CnnTricksError(f"{name}: the schedule names {n} trainable groups but the model has only {total} "
                              f"(see learn.group_summary()); use at most {total} or 'all'")
     return int(n)
@@ -129,12 +129,13 @@ class GradualUnfreeze(FreezeSchedule):
                  norm: NormPolicy | None = None):  # what norm layers in frozen groups do (default NormPolicy())
         super().__init__(warmup, norm)
         check_positive('every', every)
-        if unit not in ('auto', 'epoch', 'fraction'): raise CnnTricksError(f"unit={unit!r} is not valid; choose 'auto', 'epoch' or 'fraction'")
+        check_choice('unit', unit, ('auto', 'epoch', 'fraction'))
+        _check_groups(start, None, 'start'); check_count('step', step)
         if schedule is not None:
             if not isinstance(schedule, dict) or not schedule:
                 raise CnnTricksError(f"schedule={schedule!r} is not valid; pass a dict {{epoch: n_trainable_groups}}")
-            if any(not isinstance(k, (int, float)) or k < 0 for k in schedule):
-                raise CnnTricksError(f"schedule keys {list(schedule)} are not valid; use epochs or fractions >= 0")
+            for k, n in schedule.items():
+                check_positive('schedule key', k, allow_zero=True); _check_groups(n, None, 'schedule')
         self.every, self.start, self.step, self.schedule, self.unit = every, start, step, schedule, unit
 
     def _schedule_epochs(self, n_epoch):
@@ -153,7 +154,9 @@ class GradualUnfreeze(FreezeSchedule):
             s = _check_groups(self.start, n_groups, name)
             sched, n, e = {0: s}, s, 0.
             while n < n_groups:
-                e += self.every; n = min(n_groups, n + self.step); sched[e] = n
+                e += self.every
+                n = min(n_groups, n + self.step)
+                sched[e] = n
         return [(e, range(n_groups - _check_groups(n, n_groups, name), n_groups)) for e, n in sorted(sched.items())]
 
 
@@ -163,13 +166,17 @@ class ChainThaw(FreezeSchedule):
     def __init__(self, phase_epochs: float | list | None = None,  # one length for all phases, or one per phase
                  warmup: float = 0.0, norm: NormPolicy | None = None):
         super().__init__(warmup, norm)
+        if isinstance(phase_epochs, (list, tuple)):
+            if not phase_epochs: raise CnnTricksError("phase_epochs=[] is not valid; give one length per phase")
+            for pe in phase_epochs: check_positive('phase_epochs', pe)
+        elif phase_epochs is not None: check_positive('phase_epochs', phase_epochs)
         self.phase_epochs = phase_epochs
 
     def phases(self, n_groups, n_epoch):
         sets = [{n_groups - 1}] + [{i} for i in range(n_groups - 1)] + [set(range(n_groups))]
         pe = self.phase_epochs
         if pe is None: lens = [n_epoch / len(sets)] * len(sets)
-        elif isinstance(pe, (int, float)): lens = [check_positive('phase_epochs', pe)] * len(sets)
+        elif not isinstance(pe, (list, tuple)): lens = [pe] * len(sets)
         else:
             lens = list(pe)
             if len(lens) != len(sets):
@@ -187,7 +194,8 @@ class LPFT(FreezeSchedule):
                  warmup: float = 0.5, ft_norm: NormPolicy | None = None):  # norm policy while fine-tuning (default NormPolicy())
         super().__init__(warmup, None)
         if lp_epochs is not None: check_positive('lp_epochs', lp_epochs)
-        if not 0 < lp_pct < 1: raise CnnTricksError(f"lp_pct={lp_pct!r} is not valid; it must lie strictly between 0 and 1")
+        check_fraction('lp_pct', lp_pct, allow_zero=False)
+        if ft_norm is not None: check_type('ft_norm', ft_norm, NormPolicy, 'a NormPolicy(affine=..., stats=...) or None')
         self.lp_epochs, self.lp_pct, self.ft_norm = lp_epochs, lp_pct, ft_norm
         self._lp_norm = NormPolicy(affine=False, stats='frozen')
 

