@@ -7,7 +7,6 @@ import math
 from typing import NamedTuple
 
 import torch
-from torch import nn
 import torch.nn.functional as F
 from fastai.learner import Learner
 from fastcore.basics import patch
@@ -17,7 +16,8 @@ import matplotlib.pyplot as plt
 from ..core import (CnnTricksError, check_bool, check_choice, check_count, check_int, check_number, check_type,
                     model_device, preserve_model)
 from ._occlusion import inference_copy, window_forward
-from .inputs import check_finite, check_stats, image_batch, input_stats, model_dtype, to_display, usable_model
+from .inputs import (check_finite, check_stats, first_conv, image_batch, input_stats, model_dtype, to_display,
+                     usable_model)
 from .memformat import memory_format, memory_format_for
 from .plots import finish, overlay, to_hwc
 
@@ -171,7 +171,7 @@ def _check_input(model, x, name='x') -> torch.Tensor:
         raise CnnTricksError(f"{name} of shape {tuple(x.shape)} and {x.dtype} is not valid; pass one float "
                              "model-input image (1, C, H, W)")
     if x.is_meta: raise CnnTricksError(f"{name} is on the meta device (a shape without values); pass real pixels")
-    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    conv = first_conv(model)
     if conv is not None and x.shape[1] != conv.in_channels:
         raise CnnTricksError(f"{name} has {x.shape[1]} channels but the model expects {conv.in_channels}")
     return check_finite(name, x).to(model_device(model), model_dtype(model))
