@@ -21,7 +21,7 @@ from .report import (write_report, metrics_section, training_section, groups_sec
                      augmentation_section, invariance_section, suggestion_texts, interpretation_section,
                      confusion_section)
 
-__all__ = ['demo_dls', 'run_demo', 'DEMO_SECTIONS', 'MAX_DROP']
+__all__ = ['demo_dls', 'run_demo', 'DEMO_SECTIONS']
 
 MAX_DROP = 0.02  # accuracy drop the reference model tolerates for a transform to be suggested
 BUILT_IN_DATA = ('digits', 'fashion-mnist')

@@ -2,7 +2,6 @@
 `CnnTricksError` naming the argument (or a `TypeError` for an unknown keyword) before any work, and the invariance
 check leaves the model and the DataLoaders' transforms exactly as found, also in half precision."""
 import copy
-import math
 
 import pytest
 import torch

@@ -3,7 +3,7 @@ torch.rot90 / torch.flip for exact 180° rotation and flips, fastai's own valida
 import pytest
 import torch
 from torch import nn
-from fastai.vision.all import (set_seed, Learner, TfmdDL, TensorImage, TensorCategory, CrossEntropyLossFlat,
+from fastai.vision.all import (set_seed, Learner, TfmdDL, TensorImage, CrossEntropyLossFlat,
                                Rotate, accuracy)
 
 from fastai_cnntricks.core import CnnTricksError, model_snapshot

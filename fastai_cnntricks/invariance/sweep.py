@@ -13,6 +13,7 @@ from __future__ import annotations
 import math, numbers
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from fastai.vision.augment import RandTransform
@@ -38,6 +39,9 @@ def image_space_dl(dl):
     return dl.new(shuffle=False, drop_last=False, after_batch=pre), post
 
 
+_SEQUENCES = (list, tuple, range, np.ndarray)  # what a list of magnitudes may be
+
+
 def _as_list(tfms):
     if isinstance(tfms, (str, FixedTfm)) or callable(tfms) or hasattr(tfms, 'apply_fixed'): return [tfms]
     if isinstance(tfms, (list, tuple)): return list(tfms)
@@ -51,7 +55,7 @@ def _magnitudes_for(ft, t, magnitudes):
     else: ms = magnitudes
     if ms is None: ms = ft.magnitudes
     if isinstance(ms, (int, float)): ms = [ms]
-    if not isinstance(ms, (list, tuple)):
+    if not isinstance(ms, _SEQUENCES):
         raise CnnTricksError(f"magnitudes[{ft.name!r}]={ms!r} is not valid; pass a list of numbers (or one number)")
     return [ft.check(m) for m in ms]
 
@@ -59,7 +63,7 @@ def _magnitudes_for(ft, t, magnitudes):
 def resolve_sweep(tfms=None, magnitudes=None, fill_mode='reflection'):
     """[(FixedTfm, magnitudes)] from `tfms` (None: `DEFAULT_SWEEP`; a name, transform or function, or a list of
     them) and `magnitudes` (None: the defaults; a list for every transform; or a dict name -> list)."""
-    if magnitudes is not None and not isinstance(magnitudes, (dict, list, tuple, numbers.Real)):
+    if magnitudes is not None and not isinstance(magnitudes, (dict, numbers.Real, *_SEQUENCES)):
         raise CnnTricksError(f"magnitudes={magnitudes!r} is not valid; pass None, a list of numbers, or a dict "
                              "name -> list")
     res = []
