@@ -71,13 +71,15 @@ def _unit_scale(maps):
     return ((flat - lo) / (hi - lo).clamp_min(1e-12)).reshape(maps.shape)
 
 
-def _common_prefix(names):
-    parts = [n.split('.') for n in names]
-    common = []
-    for level in zip(*parts):
-        if len(set(level)) > 1: break
-        common.append(level[0])
-    return '.'.join(common) or (names[0] + ('...' if len(names) > 1 else ''))
+def _group_name(names):
+    "A short name for a group of modules: their distinct top-level (or numbered-stage) names, e.g. 'blocks.6, bn2'."
+    short = []
+    for n in names:
+        parts = n.split('.')
+        numbered = len(parts) > 1 and parts[1].isdigit() and not parts[0][-1].isdigit()  # blocks.6, not layer4.0
+        s = '.'.join(parts[:2]) if numbered else parts[0]
+        if s not in short: short.append(s)
+    return ', '.join(short) if len(short) <= 3 else f"{short[0]}, ..., {short[-1]}"
 
 
 def randomization_groups(model: nn.Module) -> list:
@@ -87,7 +89,7 @@ def randomization_groups(model: nn.Module) -> list:
     mods = dict(model.named_modules())
     if callable(getattr(model, 'group_matcher', None)):
         groups = group_modules(model, model.group_matcher(coarse=True))
-        named = [(_common_prefix(ns), ns) for _, ns in sorted(groups.items())]
+        named = [(_group_name(ns), ns) for _, ns in sorted(groups.items())]
     else:
         owns = lambda m: any(True for _ in m.parameters())
         named = [(n, [n]) for n, m in model.named_children() if owns(m)]
@@ -148,12 +150,11 @@ def _refit_head_on_shuffled_labels(learn, model, seed, max_batches=8):
     b = torch.zeros(head.out_features, dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS([w, b], max_iter=100, line_search_fn='strong_wolfe')
 
-    def loss():
+    def penalized_loss():  # sklearn's default L2 (C = 1), as the probe head's fit
         opt.zero_grad()
-        out = F.cross_entropy(x.double() @ w.T + b, y) + w.pow(2).sum() / (2 * len(y))
-        out.backward()
+        (out := F.cross_entropy(x.double() @ w.T + b, y) + w.pow(2).sum() / (2 * len(y))).backward()
         return out
-    with torch.enable_grad(): opt.step(loss)
+    with torch.enable_grad(): opt.step(penalized_loss)
     with torch.no_grad():
         head.weight.copy_(w.detach().to(head.weight))
         if head.bias is not None: head.bias.copy_(b.detach().to(head.bias))

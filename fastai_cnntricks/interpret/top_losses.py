@@ -7,7 +7,7 @@ from fastai.interpret import ClassificationInterpretation, Interpretation
 from fastcore.basics import patch
 from fastcore.xtras import is_listy
 
-from ..core import check_bool, check_choice, check_count, check_int, check_number
+from ..core import preserve_model, check_bool, check_choice, check_count, check_int, check_number
 from .cam import class_label, heat_tiles
 from .faithfulness import attribution_method
 from .inputs import input_stats, to_display
@@ -36,8 +36,8 @@ def plot_top_losses(self: ClassificationInterpretation,
     check_bool('largest', largest); check_number('alpha', alpha, lo=0, hi=1); check_bool('show', show)
     losses, idx = (o[k] for o in self.top_losses(None, largest)) if is_listy(k) or isinstance(k, range) \
         else self.top_losses(k, largest)
-    inps, probs, targs, _, _ = self[idx]
     model = self.learn.model
+    with preserve_model(model): inps, probs, targs, _, _ = self[idx]  # fastai's get_preds leaves it in eval mode
     x = (inps[0] if isinstance(inps, tuple) else inps).as_subclass(torch.Tensor).to(next(model.parameters()).device)
     preds, targs = probs.argmax(1), targs.as_subclass(torch.Tensor).long()
     fn = attribution_method(heatmap, input_stats(self.learn, x.device), **kwargs)
