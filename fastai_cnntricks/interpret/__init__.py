@@ -9,4 +9,7 @@ from .featvis_objectives import *
 from .featvis import *
 from .memformat import *
 from .occlusion import *
-from .report_section import *
+from .cam import *
+from .faithfulness import *
+from .sanity import *
+from .top_losses import *
