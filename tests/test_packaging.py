@@ -63,7 +63,7 @@ def test_sdist_builds_a_wheel_that_installs(tmp_path):
     _run(sys.executable, '-m', 'pip', '--python', py, 'install', '-q', '--no-deps', '--no-index', wheel)
     out = _run(py, '-c', "import fastai_cnntricks.all as a, importlib.metadata as md; "
                          "m = md.metadata('fastai_cnntricks'); print(a.__file__); print(m['License-Expression']); "
-                         "print(md.requires('fastai_cnntricks'))")
+                         "print(md.requires('fastai_cnntricks'))", cwd=tmp_path)  # not from the checkout
     where, license, requires = out.splitlines()
     assert where.startswith(str(site)), where  # the installed wheel, not the editable checkout
     assert license == 'Apache-2.0'
