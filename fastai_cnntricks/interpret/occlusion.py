@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt
 
 from ..core import (CnnTricksError, check_bool, check_choice, check_count, check_int, check_number, check_type,
                     model_device, preserve_model)
-from ._occlusion import inference_copy, window_forward
+from ._occlusion import batch_ladder, inference_copy, tuned_batches, window_forward
 from .inputs import (check_finite, check_stats, first_conv, image_batch, input_stats, model_dtype, to_display,
                      usable_model)
 from .memformat import memory_format, memory_format_for
@@ -34,9 +34,10 @@ class OcclusionSettings(NamedTuple):
     stride: tuple  # (h, w) px between window starts
     target: int  # the class whose score drops are recorded
     output: str = 'prob'  # 'prob' (softmax probability) or 'logit'
-    batch_size: int = 4  # occluded images per forward pass
+    batch_size: int | None = None  # occluded images per forward pass (None: measured, see tuned_batches)
     channels_last: bool = True  # run in channels-last memory format
-    incremental: bool = True  # compute the opening layers only around each window
+    incremental: bool = True  # compute the opening layers only around each window (where exact and faster)
+    max_batch: int = 64  # the largest batch a measured batch size may reach (what fits memory)
 
 
 def window_starts(n: int, window: int, stride: int) -> torch.Tensor:
@@ -78,7 +79,8 @@ def _score(logits, target, output):
 
 
 def auto_batch_size(model, x, cap=None) -> int:
-    "A batch size that fits the memory at hand: activation bytes per image (measured by hooks) vs free memory."
+    """The largest batch that fits the memory at hand (activation bytes per image, measured by hooks, vs free
+    memory), at most `cap` (default: the largest batch `tuned_batches` tries on the device)."""
     dev = x.device
     sizes = []
     hooks = [m.register_forward_hook(lambda m, i, o: sizes.append(o.numel() * o.element_size()
@@ -93,8 +95,7 @@ def auto_batch_size(model, x, cap=None) -> int:
     else:
         try: free = next(int(l.split()[1]) * 1024 for l in open('/proc/meminfo') if l.startswith('MemAvailable'))
         except Exception: free = 2 ** 31
-    # On CPU small batches stay in cache and run faster than large ones (bench/RESULTS.md); a GPU wants large batches.
-    cap = cap or (256 if dev.type == 'cuda' else 4)
+    cap = cap or max(batch_ladder(dev, 2 ** 31))
     return int(max(1, min(cap, free // 4 // per_image)))
 
 
@@ -103,7 +104,7 @@ def occlusion_drops(model, x, base, settings: OcclusionSettings, todo=None, prog
     `todo` (nh, nw) bool: evaluate only these windows (others are NaN). Windows go through `window_forward`
     (with `settings.incremental` the opening layers are computed only around each window: `model` must be a
     throw-away copy)."""
-    window, stride, target, output, batch_size, channels_last, incremental = settings
+    window, stride, target, output, batch_size, channels_last, incremental, max_batch = settings
     _, c, h, w = x.shape
     ys, xs = window_starts(h, window[0], stride[0]).to(x.device), window_starts(w, window[1], stride[1]).to(x.device)
     with torch.no_grad():
@@ -111,11 +112,15 @@ def occlusion_drops(model, x, base, settings: OcclusionSettings, todo=None, prog
         todo = torch.ones(len(ys), len(xs), dtype=torch.bool, device=x.device) if todo is None else todo.to(x.device)
         pos = todo.nonzero()
         drops = torch.full((len(ys), len(xs)), float('nan'), device=x.device)
-        chunks = pos.split(batch_size)
         with window_forward(model, x, base, window=window, ys=ys, xs=xs, channels_last=channels_last,
                             incremental=incremental) as forward:
-            for p in (progress_bar(chunks, leave=False) if progress and len(chunks) > 1 else chunks):
-                drops[p[:, 0], p[:, 1]] = score - _score(forward(p[:, 0], p[:, 1]), target, output)
+            batches = tuned_batches(pos, forward.paths, batch_size=batch_size, cap=max_batch)
+            bar = progress_bar(range(len(pos)), leave=False) if progress and len(pos) > 1 else None  # in windows
+            n_done = 0
+            for p, fwd in batches:
+                drops[p[:, 0], p[:, 1]] = score - _score(fwd(p[:, 0], p[:, 1]), target, output)
+                n_done += len(p)
+                if bar is not None: bar.update(n_done)
     return score, drops
 
 
@@ -221,8 +226,8 @@ def occlusion_attribution(model, x, target=None, window=16, stride=8, baseline=0
         elif int(target) >= n_out:
             raise CnnTricksError(f"target={target!r} is not valid; pass a class index 0..{n_out - 1} or None")
         settings = OcclusionSettings(window, stride, int(target), output=output,
-                                     batch_size=batch_size or auto_batch_size(model, x), channels_last=channels_last,
-                                     incremental=incremental)
+                                     batch_size=batch_size, channels_last=channels_last, incremental=incremental,
+                                     max_batch=auto_batch_size(model, x) if batch_size is None else batch_size)
         nh, nw = len(window_starts(h, window[0], stride[0])), len(window_starts(w, window[1], stride[1]))
         if refine is None: score, drops = occlusion_drops(model, x, base, settings, progress=progress)
         else: score, drops = _refined_drops(model, x, base, settings, refine=refine, n_windows=(nh, nw),
@@ -264,7 +269,7 @@ def occlusion_map(self: Learner, img,  # anything `learn.predict` accepts, or a 
                   window: int = 16, stride: int = 8,  # occluding square's side and step, in px of the model input
                   baseline='mean',  # 'black', 'mean', 'blur', a number or a tensor in model-input space
                   output: str = 'prob',  # the drop in 'prob' (softmax probability) or 'logit'
-                  batch_size: int | None = None,  # perturbed images per forward pass (default: sized to memory)
+                  batch_size: int | None = None,  # perturbed images per forward pass (default: the fastest, measured)
                   channels_last: bool = True,  # run in channels-last memory format (faster); the model is restored
                   refine: float | None = None,  # coarse-to-fine: refine where neighbours differ by > this x range
                   fold_bn: bool = True,  # run a copy with BatchNorms folded into their convolutions (faster)

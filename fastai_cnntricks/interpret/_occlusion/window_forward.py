@@ -180,6 +180,15 @@ def _swap(model, names, modules):
     for n, m in zip(names, modules): set_module(model, n, m)
 
 
+def _with_originals(full, model, units, originals, stand_ins):
+    "`full`, run with the original modules swapped back in for the duration of each call."
+    def run(iy, ix):
+        _swap(model, units, originals)
+        try: return full(iy, ix)
+        finally: _swap(model, units, stand_ins)
+    return run
+
+
 def _close(got, ref):
     return (isinstance(got, torch.Tensor) and got.shape == ref.shape
             and bool((got - ref).abs().max() <= 1e-4 * ref.abs().max().clamp_min(1e-6)))
@@ -189,7 +198,8 @@ def _close(got, ref):
 def window_forward(model, x, base, window, ys, xs, *, channels_last=True, incremental=True, max_crop=0.5):
     """A context giving a function (iy, ix) -> logits of the image `x` (1, C, H, W) occluded by `base` in the
     windows of `window` px starting at (ys[iy], xs[ix]), for index tensors iy, ix (B,); its `units` attribute names
-    the modules computed incrementally. `model` must be a throw-away `inference_copy`: with `incremental`, the
+    the modules computed incrementally, its `paths` the forwards to choose from (name -> function: 'incremental',
+    when it is exact, then 'full'). `model` must be a throw-away `inference_copy`: with `incremental`, the
     modules of its opening chain are swapped, until exit, for stand-ins."""
     grid = WindowGrid(tuple(window), ys, xs)
     full = _full_forward(model, x, base, grid, channels_last)
@@ -209,8 +219,10 @@ def window_forward(model, x, base, window, ys, xs, *, channels_last=True, increm
         except Exception: got = None  # e.g. a later layer expecting a chain module's output of another shape
         finally: _swap(model, fwd.units, originals)
         if _close(got, ref):
+            fwd.paths = dict(incremental=fwd, full=_with_originals(full, model, fwd.units, originals, fwd.stand_ins))
             _swap(model, fwd.units, fwd.stand_ins)
             try: yield fwd
             finally: _swap(model, fwd.units, originals)
             return
+    full.paths = dict(full=full)
     yield full
