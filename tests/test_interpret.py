@@ -407,3 +407,76 @@ def test_runs_on_cuda(dls):
     imgs, _ = learn.maximize_unit('layer2', [0, 1], steps=3, size=SIZE, progress=False, show=False)
     assert a.shape == (SIZE, SIZE) and imgs.shape == (2, 3, SIZE, SIZE)
     assert_as_found(learn.model, snap, st)
+
+
+# --- feature visualization from a real image, any channel count; measured occlusion batches ------------------------
+
+def tiny_cnn(channels):
+    return nn.Sequential(nn.Conv2d(channels, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(8, 10))
+
+
+@pytest.mark.parametrize('param', ['fft', 'pixel'])
+def test_maximize_unit_starts_from_a_real_image(dls, param):
+    from fastai_cnntricks.interpret import INIT_EPS
+    from fastai_cnntricks.interpret.inputs import image_batch, to_display
+    x = torch.rand(2, 3, 20, 24) * 0.9 + 0.05
+    for decorrelate in (True, False):  # step 0 renders the image: the parameterization inverted
+        _, img = image_param(2, (20, 24), param, decorrelate=decorrelate, init=x)
+        torch.testing.assert_close(img(), x, atol=1e-5, rtol=0)
+    learn = Learner(dls, tiny_cnn(3), loss_func=CrossEntropyLossFlat())
+    want = to_display(learn, image_batch(learn, dls.valid_ds[3])).clamp(INIT_EPS, 1 - INIT_EPS)
+    snap, st = model_snapshot(learn.model), state(learn.model)
+    for init in (3, dls.valid_ds[3]):  # an index into the validation set, a dataset item
+        imgs, _ = learn.maximize_unit('0', [0, 1], steps=1, lr=1e-6, param=param, transforms='none', init=init,
+                                      progress=False, show=False)
+        assert imgs.shape == (2, 3, SIZE, SIZE)
+        torch.testing.assert_close(imgs, want.expand(2, -1, -1, -1), atol=1e-4, rtol=0)
+    moved, _ = learn.maximize_unit('0', 0, steps=20, lr=0.1, param=param, init=3, seed=0, progress=False, show=False)
+    with torch.no_grad(): a, b = (learn.model[0](z)[:, 0].mean() for z in (moved, want))
+    assert a > b  # optimized from the image, the unit is excited more
+    assert_as_found(learn.model, snap, st)
+    bad = {'index': len(dls.valid_ds), 'nan': torch.full((1, 3, SIZE, SIZE), float('nan')),
+           'channels': torch.zeros(1, 2, SIZE, SIZE), 'batch': torch.zeros(3, 3, SIZE, SIZE), 'type': {'a': 1}}
+    for what, init in bad.items():
+        with pytest.raises(CnnTricksError, match='init'):
+            learn.maximize_unit('0', [0, 1], steps=1, init=init, progress=False, show=False)
+    assert_as_found(learn.model, snap, st)
+
+
+@pytest.mark.parametrize('model,note', [(lambda: tiny_cnn(1), 'grey'), (lambda: tiny_cnn(4), 'first 3 channels'),
+                                        (lambda: __import__('timm').create_model('resnet10t', in_chans=1,
+                                                                                 num_classes=10), 'grey')])
+def test_maximize_unit_on_any_channel_count(dls, model, note):
+    torch.manual_seed(0)
+    learn = Learner(dls, model(), loss_func=CrossEntropyLossFlat())
+    c = learn.model.conv1[0].in_channels if hasattr(learn.model, 'conv1') else learn.model[0].in_channels
+    layer = 'layer1' if c == 1 and hasattr(learn.model, 'layer1') else '0'
+    imgs, fig = learn.maximize_unit(layer, [0, 1], steps=25, size=24, lr=0.1, seed=0, progress=False, show=False)
+    assert imgs.shape == (2, c, 24, 24) and 0 <= imgs.min() and imgs.max() <= 1
+    title = fig.axes[0].get_title()
+    assert 'colour decorrelation off' in title and note in title and f'{c}-channel' in title
+    from fastai_cnntricks.interpret.featvis import run_objective, stats_for_channels
+    from fastai_cnntricks.interpret.featvis_objectives import Objective
+    from fastai_cnntricks.interpret.inputs import input_stats
+    mean, std = stats_for_channels(input_stats(learn, 'cpu'), c) or (0., 1.)
+    with torch.no_grad():
+        maps = lambda z: run_objective(learn.model.eval(), Objective(None, [layer]), (z - mean) / std)[layer]
+        got, grey = maps(imgs).mean((2, 3)), maps(torch.full((1, c, 24, 24), 0.5)).mean((2, 3))[0]
+    assert got[0, 0] > grey[0] and got[1, 1] > grey[1]  # each unit excited beyond the grey start
+
+
+def test_tuned_batches_cover_every_window_once_and_keep_the_fastest():
+    import time
+    from fastai_cnntricks.interpret._occlusion import tuned_batches
+    pos = torch.cartesian_prod(torch.arange(15), torch.arange(15))
+    def slow_small(iy, ix): time.sleep(0.02)  # a fixed cost per batch: large batches are faster per window
+    def slow_each(iy, ix): time.sleep(0.002 * len(iy))  # per window: no faster in any batch size
+    paths = dict(incremental=slow_each, full=slow_small)
+    got = [(p, f) for p, f in tuned_batches(pos, paths, cap=64) if f(p[:, 0], p[:, 1]) is None]  # run as timed
+    seen = torch.cat([p for p, _ in got])
+    assert torch.equal(seen, pos)  # every window once, in order
+    assert got[-1][1] is slow_small and len(got[-1][0]) > 16  # the rest runs full, in large batches
+    assert len({len(p) for p, _ in got[3:]}) <= 2  # equal batches, no small last one
+    fixed = list(tuned_batches(pos, paths, batch_size=7))
+    assert [len(p) for p, _ in fixed] == [7] * 32 + [1] and all(f is slow_each for _, f in fixed)

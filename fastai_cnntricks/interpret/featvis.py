@@ -3,6 +3,7 @@ and `learn.top_activating` (the validation images that excite a unit most)."""
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader as TorchDataLoader
 from fastai.data.load import DataLoader
 from fastai.learner import Learner
@@ -14,8 +15,8 @@ from ..core import (CnnTricksError, check_bool, check_choice, check_count, check
 from .featvis_objectives import Objective, OUTPUT, objectives
 from .featvis_param import MIN_SIZE, check_param, image_param
 from .featvis_transforms import get_transforms
-from .inputs import (check_finite, check_image_size, check_stats, input_stats, model_dtype, model_in_channels,
-                     to_display, usable_model)
+from .inputs import (check_finite, check_image_size, check_stats, image_batch, input_stats, model_dtype,
+                     model_in_channels, to_display, usable_model)
 from .layers import capture, StopForward, as_maps
 from .memformat import memory_format, memory_format_for
 from .plots import finish, image_grid
@@ -36,26 +37,54 @@ def run_objective(model, objective: Objective, x: torch.Tensor) -> dict:
     return maps
 
 
-def _check_render_args(*, n, size, steps, param, decorrelate, transforms, lr, stats, seed, progress, channels_last):
+def _check_render_args(*, n, size, steps, param, decorrelate, transforms, lr, stats, seed, progress, channels_last,
+                       channels=3):
     check_count('n', n); check_image_size('size', size, least=MIN_SIZE); check_count('steps', steps)
     check_param(param); check_bool('decorrelate', decorrelate); get_transforms(transforms)
-    check_positive('lr', lr); check_stats(stats); check_seed('seed', seed)
+    check_positive('lr', lr); check_seed('seed', seed)
+    if channels == 3: check_stats(stats)
+    elif stats is not None and any(s.numel() not in (1, channels) for s in stats):
+        raise CnnTricksError(f"stats of {[s.numel() for s in stats]} values do not fit a {channels}-channel model; "
+                             f"pass None or (mean, std) tensors of 1 or {channels} values")
     check_bool('progress', progress); check_bool('channels_last', channels_last)
 
 
+def _check_init(init, n: int, channels: int):
+    "`init`: None, or images (1 or `n`, `channels`, H, W) of finite values in [0, 1]."
+    if init is None: return None
+    check_type('init', init, torch.Tensor, f'images (1 or {n}, {channels}, H, W) in [0, 1]')
+    if init.dim() != 4 or len(init) not in (1, n) or init.shape[1] != channels or not init.is_floating_point():
+        raise CnnTricksError(f"init of shape {tuple(init.shape)} and {init.dtype} is not valid; pass float images "
+                             f"(1 or {n}, {channels}, H, W) in [0, 1]")
+    check_finite('init', init)
+    if bool((init < 0).any() or (init > 1).any()):
+        raise CnnTricksError(f"init holds values in [{float(init.min()):.3g}, {float(init.max()):.3g}]; pass images "
+                             "in [0, 1] (a model input is mapped back with to_display)")
+    return init
+
+
 def render(model, objective: Objective, n: int, size=128, steps=256, *, param='fft', decorrelate=True,
-           transforms='standard', lr=0.05, stats=None, seed=None, progress=True, channels_last=True) -> torch.Tensor:
-    """Optimize `n` images (one batch) to maximize `objective` on `model`; -> images (n, 3, H, W) in [0, 1].
+           transforms='standard', lr=0.05, stats=None, seed=None, progress=True, channels_last=True,
+           init=None) -> torch.Tensor:
+    """Optimize `n` images (one batch) to maximize `objective` on `model`; -> images (n, C, H, W) in [0, 1], C the
+    model's input channels. They start from noise, or from `init` (images (1 or n, C, h, w) in [0, 1], resized to
+    `size`). Colour decorrelation applies to 3-channel models only (it is an RGB matrix).
     Meanwhile the model is in eval mode with frozen weights, so no weight gradient is ever computed, and runs in
     channels-last memory format if asked (faster on CPU: see bench/RESULTS.md); afterwards it is as found. The images
     are optimized in float32 and handed to a half-precision model in its own dtype."""
     usable_model(model)
     check_type('objective', objective, Objective, 'an Objective (see objectives.channel, objectives.logit, ...)')
+    channels = model_in_channels(model)
     _check_render_args(n=n, size=size, steps=steps, param=param, decorrelate=decorrelate, transforms=transforms, lr=lr,
-                       stats=stats, seed=seed, progress=progress, channels_last=channels_last)
+                       stats=stats, seed=seed, progress=progress, channels_last=channels_last, channels=channels)
+    init = _check_init(init, n, channels)
     device, dtype = model_device(model), model_dtype(model)
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
-    params, image = image_param(n, size, param=param, decorrelate=decorrelate, generator=gen, device=device)
+    hw = check_image_size('size', size, least=MIN_SIZE)
+    if init is not None and tuple(init.shape[2:]) != hw:
+        init = F.interpolate(init.float(), size=hw, mode='bilinear', antialias=True, align_corners=False).clamp(0, 1)
+    params, image = image_param(n, hw, param=param, decorrelate=decorrelate and channels == 3, generator=gen,
+                                device=device, channels=channels, init=init)
     tfm = get_transforms(transforms)
     opt = torch.optim.Adam(params, lr=lr)
     fmt = memory_format_for(channels_last)
@@ -106,27 +135,31 @@ def _named_objective(objective: str, name: str, per_image: list) -> Objective:
 def maximize_unit(self: Learner, layer,  # dotted layer name or module (ignored for objective='logit')
                   unit,  # channel (or class for 'logit') index, or a list: all are optimized together in one batch
                   objective='channel',  # 'channel', 'neuron', 'logit', or an `Objective` (composable with + and *)
-                  steps: int = 256, size: int = 128,  # optimization steps; image size in px
+                  steps: int = 256, size: int | None = None,  # optimization steps; image size in px (default 128)
                   param: str = 'fft',  # 'fft' (1/f-scaled spectrum) or 'pixel'
                   decorrelate: bool = True,  # optimize in Lucid's decorrelated colour space
                   transforms='standard',  # robustness transforms: 'standard', 'none', RobustTransforms or callable
                   lr: float = 0.05,
                   diversity: float = 0.,  # weight of the diversity term (with n_per_unit > 1)
                   n_per_unit: int = 1,  # images per unit (made different from each other by `diversity`)
-                  seed: int | None = None, progress: bool = True, show: bool = True):
-    """Feature visualization: images that maximize `unit` of `layer` (Olah et al., Distill 2017). Normalization
-    comes from the DataLoaders (or timm's config). Returns (images (N, 3, size, size) in [0, 1], Figure)."""
+                  seed: int | None = None, progress: bool = True, show: bool = True,
+                  init=None):  # start image: path, PIL image, tensor, dataset item or index into the validation set
+    """Feature visualization: images that maximize `unit` of `layer` (Olah et al., Distill 2017), from noise or
+    from a real image `init` (then `size` defaults to its size). Normalization comes from the DataLoaders (or
+    timm's config). A model taking 1 or more than 3 channels gets images of its channel count, without the colour
+    decorrelation (an RGB matrix), noted in the figure. Returns (images (N, C, size, size) in [0, 1], Figure)."""
     units = _units(unit)
     if not isinstance(objective, Objective): check_choice('objective', objective, ['channel', 'neuron', 'logit'])
-    _check_render_args(n=1, size=size, steps=steps, param=param, decorrelate=decorrelate, transforms=transforms, lr=lr,
-                       stats=None, seed=seed, progress=progress, channels_last=True)
+    _check_render_args(n=1, size=128 if size is None else size, steps=steps, param=param, decorrelate=decorrelate,
+                       transforms=transforms, lr=lr, stats=None, seed=seed, progress=progress, channels_last=True)
     check_number('diversity', diversity, lo=0); check_count('n_per_unit', n_per_unit); check_bool('show', show)
     model = usable_model(self.model, 'learn.model')
-    if model_in_channels(model) != 3:
-        raise CnnTricksError(f"maximize_unit renders RGB images; the model takes {model_in_channels(model)} channels")
     name = OUTPUT if objective == 'logit' else layer_name(model, get_layer(model, layer))
     per_image = [u for u in units for _ in range(n_per_unit)]
-    stats = input_stats(self, model_device(model))
+    channels = model_in_channels(model)
+    stats = stats_for_channels(input_stats(self, model_device(model)), channels)
+    start = _start_images(self, init, n=len(per_image), stats=stats)
+    if size is None: size = tuple(start.shape[2:]) if start is not None else 128
     with preserve_model(model):
         model.eval()
         if isinstance(objective, Objective): obj = objective
@@ -137,12 +170,40 @@ def maximize_unit(self: Learner, layer,  # dotted layer name or module (ignored 
             div_layer = name if name != OUTPUT else obj.layers[0]
             obj = obj + diversity * objectives.diversity(div_layer, groups=per_image)
         imgs = render(model, obj, len(per_image), size=size, steps=steps, param=param, decorrelate=decorrelate,
-                      transforms=transforms, lr=lr, stats=stats, seed=seed, progress=progress)
+                      transforms=transforms, lr=lr, stats=stats, seed=seed, progress=progress, init=start)
     titles = [f'{"class" if objective == "logit" else "unit"} {u}' for u in per_image]
     what = obj.name if isinstance(objective, Objective) else objective
-    fig = image_grid(imgs, titles, ncols=min(len(imgs), 8), size=1.6,
-                     suptitle=f"{'logits' if name == OUTPUT else name}: {what}")
+    fig = image_grid(imgs[:, :3], titles, ncols=min(len(imgs), 8), size=1.6,
+                     suptitle=f"{'logits' if name == OUTPUT else name}: {what}{_channel_note(channels)}")
     return imgs, finish(fig, show)
+
+
+def stats_for_channels(stats, channels: int):
+    """Normalization (mean, std) of 3 values fitted to a model of `channels` inputs as timm fits RGB weights to
+    `in_chans` (`adapt_input_conv`): their mean for 1 channel, repeated cyclically for more than 3."""
+    if stats is None or channels == 3 or stats[0].shape[1] != 3: return stats
+    if channels == 1: return tuple(s.mean(1, keepdim=True) for s in stats)
+    return tuple(s.repeat(1, -(-channels // 3), 1, 1)[:, :channels] for s in stats)
+
+
+def _channel_note(channels: int) -> str:
+    "What the figure of a non-RGB model's images must say."
+    if channels == 3: return ''
+    shown = 'shown in grey' if channels == 1 else 'first 3 channels shown as RGB'
+    return f"\n{channels}-channel input: colour decorrelation off, {shown}"
+
+
+def _start_images(learn, init, n: int, stats):
+    "`init` as starting images (1 or `n`, C, H, W) in [0, 1] (None for none), read as `learn.predict` reads images."
+    if init is None: return None
+    if isinstance(init, int) and not isinstance(init, bool):
+        ds = learn.dls.valid_ds
+        init = ds[check_int('init', init, lo=0, hi=len(ds) - 1)]
+    xb = image_batch(learn, init, name='init').float()
+    if len(xb) not in (1, n):
+        raise CnnTricksError(f"init is a batch of {len(xb)} images; pass 1 image or {n} (one per image optimized)")
+    if stats is not None: xb = xb * stats[1] + stats[0]  # the DataLoaders' Normalize undone
+    return xb.clamp(0, 1)
 
 
 @patch

@@ -38,7 +38,7 @@ class RobustTransforms:
         store_attr()
 
     def __call__(self, img: torch.Tensor, generator=None) -> torch.Tensor:
-        b, _, h, w = img.shape
+        b, c, h, w = img.shape
         j1, j2 = (self.jitter, 0) if isinstance(self.jitter, (int, float)) else tuple(self.jitter)
         def pick(vals):
             return torch.tensor(vals, dtype=torch.float32)[torch.randint(len(vals), (b,), generator=generator)]
@@ -55,7 +55,7 @@ class RobustTransforms:
         cos, sin = torch.cos(a) / s, torch.sin(a) / s
         theta = torch.stack([torch.stack([cos * crop_w / w, -sin * crop_h / w, 2 * dx / w], 1),
                              torch.stack([sin * crop_w / h, cos * crop_h / h, 2 * dy / h], 1)], 1)
-        grid = F.affine_grid(theta.to(img.device, img.dtype), [b, 3, h, w], align_corners=False)
+        grid = F.affine_grid(theta.to(img.device, img.dtype), [b, c, h, w], align_corners=False)
         # Sampling (img - fill) with zero padding == constant padding with `fill`.
         return F.grid_sample(img - self.fill, grid, mode='bilinear', padding_mode='zeros',
                              align_corners=False) + self.fill
