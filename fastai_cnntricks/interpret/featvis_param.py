@@ -34,7 +34,7 @@ def fft_image(shape, sd=0.01, decay_power=1., generator=None, device='cpu', init
 
 
 def pixel_image(shape, sd=0.01, generator=None, device='cpu', init=None):
-    "An image (B, C, H, W) parameterized directly by its pixels: random, or `init` (before the sigmoid). -> (params, image_fn)"
+    "An image (B, C, H, W) parameterized by its pixels: random, or `init` (before the sigmoid). -> (params, image_fn)"
     pixels = (torch.randn(*shape, generator=generator) * sd if init is None else init.clone()).to(device)
     pixels.requires_grad_(True)
     return [pixels], lambda: pixels

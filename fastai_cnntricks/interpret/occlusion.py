@@ -112,6 +112,10 @@ def occlusion_drops(model, x, base, settings: OcclusionSettings, todo=None, prog
         todo = torch.ones(len(ys), len(xs), dtype=torch.bool, device=x.device) if todo is None else todo.to(x.device)
         pos = todo.nonzero()
         drops = torch.full((len(ys), len(xs)), float('nan'), device=x.device)
+        if batch_size is None and len(pos) <= max(batch_ladder(x.device, max_batch)):
+            # few windows: one whole-image batch of them all, the bare forward's best case; planning crops and
+            # timing candidates would cost more than they could save
+            batch_size, incremental = len(pos), False
         with window_forward(model, x, base, window=window, ys=ys, xs=xs, channels_last=channels_last,
                             incremental=incremental) as forward:
             batches = tuned_batches(pos, forward.paths, batch_size=batch_size, cap=max_batch)
@@ -227,7 +231,8 @@ def occlusion_attribution(model, x, target=None, window=16, stride=8, baseline=0
             raise CnnTricksError(f"target={target!r} is not valid; pass a class index 0..{n_out - 1} or None")
         settings = OcclusionSettings(window, stride, int(target), output=output,
                                      batch_size=batch_size, channels_last=channels_last, incremental=incremental,
-                                     max_batch=auto_batch_size(model, x) if batch_size is None else batch_size)
+                                     max_batch=auto_batch_size(model, _in_format(x, channels_last)) if batch_size is None
+                                     else batch_size)
         nh, nw = len(window_starts(h, window[0], stride[0])), len(window_starts(w, window[1], stride[1]))
         if refine is None: score, drops = occlusion_drops(model, x, base, settings, progress=progress)
         else: score, drops = _refined_drops(model, x, base, settings, refine=refine, n_windows=(nh, nw),
