@@ -21,7 +21,6 @@ from .plots import finish
 __all__ = ['METHODS', 'random_map', 'edge_map', 'attribution_method', 'predicted_classes', 'deletion_insertion',
            'compare_attributions']
 
-METHODS = ['gradcam', 'cam', 'occlusion', 'random', 'edges']
 OUTPUTS = ['prob', 'logit']
 
 
@@ -45,16 +44,23 @@ def _occlusion_maps(model, x, targets, stats=None, **kwargs):
                                               **kwargs)[0] for i, t in enumerate(targets)])
 
 
+# Named attribution methods: name -> builder(stats, seed, **kwargs) -> function (model, x, targets) -> maps (N, H, W).
+# A new method is one entry here; `compare_attributions`, `learn.faithfulness` and `attribution_sanity` take its name.
+METHODS = {
+    'gradcam': lambda stats, seed, **kw: lambda model, x, targets: grad_cam_maps(model, x, targets, **kw),
+    'cam': lambda stats, seed, **kw: lambda model, x, targets: cam_maps(model, x, targets, **kw),
+    'occlusion': lambda stats, seed, **kw: lambda model, x, targets: _occlusion_maps(model, x, targets, stats, **kw),
+    'random': lambda stats, seed, **kw: lambda model, x, targets: random_map(x, seed),
+    'edges': lambda stats, seed, **kw: lambda model, x, targets: edge_map(x),
+}
+
+
 def attribution_method(method, stats=None, seed: int = 0, **kwargs):
-    """`method` as a function (model, x, targets) -> maps (N, H, W): one of `METHODS`, or a callable of that form
+    """`method` as a function (model, x, targets) -> maps (N, H, W): a name of `METHODS`, or a callable of that form
     (returned as it is). `kwargs` go to the method (e.g. `layer=` for Grad-CAM, `window=` for occlusion)."""
     if callable(method): return method
-    check_choice('method', method, METHODS)
-    if method == 'gradcam': return lambda model, x, targets: grad_cam_maps(model, x, targets, **kwargs)
-    if method == 'cam': return lambda model, x, targets: cam_maps(model, x, targets, **kwargs)
-    if method == 'occlusion': return lambda model, x, targets: _occlusion_maps(model, x, targets, stats, **kwargs)
-    if method == 'random': return lambda model, x, targets: random_map(x, seed)
-    return lambda model, x, targets: edge_map(x)
+    check_choice('method', method, list(METHODS))
+    return METHODS[method](stats, seed, **kwargs)
 
 
 def predicted_classes(model, x) -> torch.Tensor:
