@@ -471,7 +471,7 @@ def test_tuned_batches_cover_every_window_once_and_keep_the_fastest():
     from fastai_cnntricks.interpret._occlusion import tuned_batches
     pos = torch.cartesian_prod(torch.arange(15), torch.arange(15))
     def slow_small(iy, ix): time.sleep(0.02)  # a fixed cost per batch: large batches are faster per window
-    def slow_each(iy, ix): time.sleep(0.002 * len(iy))  # per window: no faster in any batch size
+    def slow_each(iy, ix): time.sleep(0.004 * len(iy))  # per window: no faster in any batch size
     paths = dict(incremental=slow_each, full=slow_small)
     got = [(p, f) for p, f in tuned_batches(pos, paths, cap=64) if f(p[:, 0], p[:, 1]) is None]  # run as timed
     seen = torch.cat([p for p, _ in got])
