@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 __all__ = ['CnnTricksError', 'get_layer', 'layer_name', 'model_snapshot', 'preserve_model', 'norm_stats',
-           'model_device', 'check_choice', 'check_bool', 'check_number', 'check_positive', 'check_int',
+           'model_device', 'unwrap_ddp', 'check_choice', 'check_bool', 'check_number', 'check_positive', 'check_int',
            'check_count', 'check_fraction', 'check_range', 'check_seed', 'check_type']
 
 
@@ -124,9 +124,9 @@ def _short(value):
     return r if len(r) <= 80 else f"<{type(value).__name__}>"
 
 
-def _unwrap(model):
-    "The model itself, also when given a Learner."
-    return getattr(model, 'model', model) if not isinstance(model, nn.Module) else model
+def unwrap_ddp(model: nn.Module) -> nn.Module:
+    "The model inside a DDP/Accelerate wrapper (the model itself when it is not wrapped)."
+    return getattr(model, 'module', model)
 
 
 def get_layer(model: nn.Module, layer) -> nn.Module:

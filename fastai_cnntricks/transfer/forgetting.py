@@ -6,13 +6,12 @@ from torch import nn
 from fastai.callback.core import Callback, GatherPredsCallback
 from fastai.learner import ValueMetric
 
-from ..core import CnnTricksError, check_bool, check_positive, check_type, preserve_model
+from ..core import CnnTricksError, check_bool, check_positive, check_type, preserve_model, unwrap_ddp
 from .groups import head_module
 
 __all__ = ['L2SP', 'DriftMonitor', 'linear_cka', 'body_features']
 
 
-def _unwrap(model): return getattr(model, 'module', model)
 
 
 def _head_ids(model):
@@ -40,7 +39,7 @@ class L2SP(Callback):
 
     def record_start(self, model: nn.Module | None = None):
         "Record the starting weights `w0` (the pretrained values) now."
-        model = _unwrap(model if model is not None else self.learn.model)
+        model = unwrap_ddp(model if model is not None else self.learn.model)
         head = _head_ids(model)
         self.w0 = {n: p.detach().clone() for n, p in model.named_parameters() if id(p) not in head}
         self.head_names = {n for n, p in model.named_parameters() if id(p) in head}
@@ -52,7 +51,7 @@ class L2SP(Callback):
         "The current penalty (differentiable), over parameters that require grad."
         if self.w0 is None:
             raise CnnTricksError("L2SP has no recorded start: it records w0 when training starts, or call record_start()")
-        model = _unwrap(model if model is not None else self.learn.model)
+        model = unwrap_ddp(model if model is not None else self.learn.model)
         ws, w0s, hs = [], [], []
         for n, p in model.named_parameters():
             if not p.requires_grad: continue
@@ -81,7 +80,7 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
 
 def body_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     "Pooled features of the body (timm's pre-logits; else the first child of a (body, head) Sequential), in eval mode."
-    m = _unwrap(model)
+    m = unwrap_ddp(model)
     with preserve_model(m), torch.no_grad():
         m.eval()
         if hasattr(m, 'forward_head'): f = m.forward_head(m.forward_features(x), pre_logits=True)
@@ -161,7 +160,7 @@ class DriftMonitor(Callback):
 
     def source_accuracy(self) -> float:
         "Accuracy on the source task through `source_head` (or the model) with the current body."
-        m = _unwrap(self.learn.model)
+        m = unwrap_ddp(self.learn.model)
         correct = total = 0
         for xb, yb in self.source_dl:
             if self.source_head is not None:

@@ -8,7 +8,7 @@ from fastcore.basics import patch
 from fastai.learner import Learner
 from fastai.vision.augment import RandTransform
 
-from ..core import CnnTricksError, check_count, check_positive, preserve_model
+from ..core import CnnTricksError, check_count, check_positive, preserve_model, unwrap_ddp
 from .groups import head_module
 
 __all__ = ['classifier_layer', 'train_features', 'probe_init_head']
@@ -16,7 +16,7 @@ __all__ = ['classifier_layer', 'train_features', 'probe_init_head']
 
 def classifier_layer(model: nn.Module) -> nn.Linear:
     "The head's last `nn.Linear`: timm's classifier itself, or the end of fastai's `vision_learner` head (pool, BN, ...)."
-    head = head_module(getattr(model, 'module', model))
+    head = head_module(unwrap_ddp(model))
     linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
     if not linears:
         raise CnnTricksError(f"probe_init_head needs a linear classifier in the head, found {type(head).__name__} "
@@ -28,7 +28,7 @@ def train_features(learn: Learner, dl=None, max_batches: int | None = None):
     """The features that reach the classifier's last Linear (eval mode, no grad) and labels of the training items,
     unshuffled and without random augmentation (the probe should see the images as validation does); the first
     `max_batches` batches only if set."""
-    model = getattr(learn.model, 'module', learn.model)
+    model = unwrap_ddp(learn.model)
     clf, feats = classifier_layer(model), []
     if dl is None:
         dl = learn.dls.train

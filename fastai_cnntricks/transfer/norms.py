@@ -5,7 +5,7 @@ import torch
 from torch import nn
 from fastai.callback.core import Callback
 
-from ..core import CnnTricksError, check_choice
+from ..core import CnnTricksError, check_choice, unwrap_ddp
 
 # `norm_layer_types`, not `norm_types`: a star import must not rebind fastai's `norm_types` tuple
 __all__ = ['norm_layer_types', 'is_norm', 'has_running_stats', 'NormPolicy']
@@ -47,11 +47,6 @@ def has_running_stats(m: nn.Module) -> bool:
     return is_norm(m) and isinstance(getattr(m, 'running_var', None), torch.Tensor)
 
 
-def _unwrap(model):
-    "The model inside a DDP/accelerate wrapper."
-    return getattr(model, 'module', model)
-
-
 class NormPolicy(Callback):
     """What norm layers inside frozen parameter groups do: `affine` parameters trainable or not, and running
     statistics `stats='frozen'` (eval mode) or `'update'` (train mode). `scope='all'` freezes the statistics of
@@ -73,7 +68,7 @@ class NormPolicy(Callback):
         "(norm module, its group index) for every norm layer with parameters, and the norm params per group."
         gidx = {id(p): i for i, g in enumerate(learn.opt.param_lists) for p in g}
         out = []
-        for m in _unwrap(learn.model).modules():
+        for m in unwrap_ddp(learn.model).modules():
             if not is_norm(m): continue
             own = list(m.parameters(recurse=False))
             out.append((m, gidx.get(id(own[0])) if own else None, own))

@@ -7,7 +7,7 @@ import bisect
 import numpy as np
 from fastai.callback.core import Callback
 
-from ..core import CnnTricksError, check_choice, check_count, check_fraction, check_positive, check_type
+from ..core import CnnTricksError, check_choice, check_count, check_fraction, check_positive, check_type, unwrap_ddp
 from .lrs import LRScaler
 from .norms import NormPolicy
 
@@ -201,7 +201,7 @@ class LPFT(FreezeSchedule):
 
     def _setup(self):
         from .groups import head_module
-        model = getattr(self.learn.model, 'module', self.learn.model)
+        model = unwrap_ddp(self.learn.model)
         try: head = {id(p) for p in head_module(model).parameters()}
         except CnnTricksError as e: raise CnnTricksError(f"LPFT cannot find the head of the model: {e}") from e
         if self.learn.opt is None: self.learn.create_opt()
