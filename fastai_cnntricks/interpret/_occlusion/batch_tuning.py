@@ -24,19 +24,21 @@ def _sync(device):
 
 def tuned_batches(pos: torch.Tensor, paths: dict, *, batch_size=None, cap: int = 64):
     """Yield (positions, forward) batches covering every row of `pos` (windows (N, 2)) once. With a `batch_size`,
-    the first of `paths` (name -> forward) in that size. Without, each path runs one batch of the middle of
-    `batch_ladder`; the fastest path per window then tries the larger size and, if that is not faster, the smaller;
-    each trial is timed around its yield (the consumer's work), and the rest runs in the fastest configuration."""
+    the first of `paths` (name -> forward, 'full' last) in that size. Without, the whole-image path runs one batch
+    of the largest size of `batch_ladder` (whole images want large batches), every other path one of the middle
+    size and, if it is the fastest per window, one of the next smaller size (crops may run faster in cache); each
+    trial is timed around its yield (the consumer's work), and the rest runs in the fastest configuration."""
     if batch_size is not None:
         yield from ((p, next(iter(paths.values()))) for p in pos.split(batch_size))
         return
     device, ladder, done, timings = pos.device, batch_ladder(pos.device, cap), 0, {}
     def trials():
+        *cropped, full = paths.values()
         mid = len(ladder) // 2
-        for fwd in paths.values(): yield ladder[mid], fwd
-        fwd = min(timings, key=timings.get)[1]
-        if mid + 1 < len(ladder): yield ladder[mid + 1], fwd
-        if min(timings, key=timings.get)[0] == ladder[mid] and mid > 0: yield ladder[mid - 1], fwd
+        yield ladder[-1], full
+        for fwd in cropped: yield ladder[mid], fwd
+        bs, fwd = min(timings, key=timings.get)
+        if fwd is not full and mid > 0: yield ladder[mid - 1], fwd
     for bs, fwd in trials():
         chunk = pos[done:done + bs]
         if len(chunk) == 0: return
