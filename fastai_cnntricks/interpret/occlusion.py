@@ -120,6 +120,7 @@ def occlusion_drops(model, x, base, settings: OcclusionSettings, todo=None, prog
                             incremental=incremental) as forward:
             batches = tuned_batches(pos, forward.paths, batch_size=batch_size, cap=max_batch)
             bar = progress_bar(range(len(pos)), leave=False) if progress and len(pos) > 1 else None  # in windows
+            if bar is not None: bar.update(0)  # fastprogress starts its timing (and, in notebooks, its state) at 0
             n_done = 0
             for p, fwd in batches:
                 drops[p[:, 0], p[:, 1]] = score - _score(fwd(p[:, 0], p[:, 1]), target, output)
