@@ -5,7 +5,7 @@ per batch. Also the cost of the sanity check (attribution_sanity, cascading rand
     .venv/bin/python bench/attribution.py [--quick] [--device cpu|cuda] [--archs resnet18,tf_efficientnet_lite0]
 """
 from __future__ import annotations
-import argparse, datetime, os, sys, time
+import argparse, os, sys, time
 from pathlib import Path
 
 import torch
@@ -15,7 +15,7 @@ from fastai.vision.all import Learner, CrossEntropyLossFlat
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from fastai_cnntricks.data import digits_dls
 from fastai_cnntricks.interpret import grad_cam_maps, attribution_sanity
-from machine import machine  # noqa: E402
+from machine import results_table  # noqa: E402
 
 
 def sync(dev):
@@ -126,19 +126,13 @@ def main():
     load0 = ', '.join(f'{v:.1f}' for v in os.getloadavg())
     rows, t0 = [], time.time()
 
-    def write():  # after every row, so a stopped run keeps what it measured
-        text = '\n'.join([
-            f"# Attribution benchmark ({'quick' if a.quick else 'full'})", '',
-            f"Command: `{cmd}`  ", f"Date: {datetime.datetime.now().isoformat(timespec='seconds')}  ",
-            f"Machine: {machine()}  ", f"Device: {dev}; run time so far {time.time() - t0:.0f} s  ",
+    def write():
+        return results_table(
+            f"Attribution benchmark ({'quick' if a.quick else 'full'})", cmd, t0, dev,
             f"Random weights (timing does not depend on them), random targets; load average at the start: {load0}. "
             "fwd+bwd = one forward and one backward pass of the same images (all parameter grads); captum = "
             "LayerGradCam + LayerAttribution.interpolate (bilinear) at the same layer; best of "
-            f"{repeat} each, back to back in one process.", '',
-            '| case | anchor | reference | ours | ratio | notes |', '|---|---|---|---|---|---|', *rows, ''])
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(text)
-        return text
+            f"{repeat} each, back to back in one process.", rows, a.out)
     archs = [s for s in a.archs.split(',') if s]
     for arch in archs:
         for size in sizes:

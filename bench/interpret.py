@@ -6,17 +6,17 @@ maximize_unit vs Lucent's render_vis (torch-lucent 0.1.8, when importable), plus
     .venv/bin/python bench/interpret.py [--quick] [--device cpu|cuda]
 """
 from __future__ import annotations
-import argparse, copy, datetime, os, platform, sys, time
+import argparse, copy, os, sys, time
 from pathlib import Path
 
 import torch
 import timm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from fastai_cnntricks.interpret import occlusion_attribution, occlusion_drops, window_starts, render, memory_format
+from fastai_cnntricks.interpret import occlusion_attribution, window_starts, render, memory_format
 from fastai_cnntricks.interpret.featvis_objectives import channel
 from fastai_cnntricks.interpret._occlusion import inference_copy, window_forward
-from machine import machine  # noqa: E402
+from machine import results_table  # noqa: E402
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
@@ -150,22 +150,16 @@ def main():
     t0 = time.time()
     cmd = 'python bench/interpret.py ' + ' '.join(sys.argv[1:])
     load0 = ', '.join(f'{v:.1f}' for v in os.getloadavg())  # a shared machine shows here
-    def write():  # after every row, so a long run that is stopped keeps what it measured
+    def write():
         load = ', '.join(f'{v:.1f}' for v in os.getloadavg())
-        text = '\n'.join([
-            f"# Interpretation benchmark ({'quick' if a.quick else 'full'})", '',
-            f"Command: `{cmd}`  ", f"Date: {datetime.datetime.now().isoformat(timespec='seconds')}  ",
-            f"Machine: {machine()}  ", f"Device: {dev}; run time so far {time.time() - t0:.0f} s  ",
+        return results_table(
+            f"Interpretation benchmark ({'quick' if a.quick else 'full'})", cmd, t0, dev,
             "Random weights (timing does not depend on them); baseline 0 in model-input space; window 16, stride 8; "
             "one process. occlusion_map at its defaults (batch size and path measured on the first windows); "
             "captum's Occlusion at several perturbations_per_eval and bare batched forwards of the same windows at "
             f"several batch sizes, each keeping its best of {1 if a.quick else 2} interleaved rounds. Target: <= 0.8x "
             "captum's best in every cell, <= 1.1x the bare forwards where incremental inference does not apply. "
-            f"Load average at the start: {load0}; now: {load}.", '',
-            '| case | anchor | reference | ours | ratio | notes |', '|---|---|---|---|---|---|', *rows, ''])
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(text)
-        return text
+            f"Load average at the start: {load0}; now: {load}.", rows, a.out)
     for arch in [s for s in a.archs.split(',') if s]:
         for size in sizes:
             bench_occlusion(arch, size, dev, rows, ppes=(16, 64) if a.quick else (4, 16, 64, 256),
