@@ -115,8 +115,10 @@ def test_show_flips_redraws_the_flipped_items(learn, rep):
 
 
 def test_plot(rep):
+    import matplotlib.pyplot as plt
     fig = rep.plot()
     assert len(fig.axes[0].lines) >= 3
+    assert fig.number not in plt.get_fignums()  # closed and returned: a notebook shows it once
 
 
 def test_assert_label_invariant(learn):

@@ -143,6 +143,7 @@ class InvarianceReport:
         for a in (a1, a2): a.grid(alpha=.3)
         a2.legend(fontsize=7, loc='center left', bbox_to_anchor=(1, .5))
         fig.tight_layout()
+        plt.close(fig)  # returned, not left open: a notebook displays the returned Figure once, not twice
         return fig
 
     def _images(self, k, idxs):
