@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 __all__ = ['CnnTricksError', 'get_layer', 'layer_name', 'model_snapshot', 'preserve_model', 'norm_stats',
-           'model_device', 'unwrap_ddp', 'check_choice', 'check_bool', 'check_number', 'check_positive', 'check_int',
+           'model_device', 'unwrap_ddp', 'fit_logistic_head', 'mean_se', 'check_choice', 'check_bool', 'check_number', 'check_positive', 'check_int',
            'check_count', 'check_fraction', 'check_range', 'check_seed', 'check_type']
 
 
@@ -208,3 +208,34 @@ def norm_stats(learn_or_dls=None, model=None):
             cfg = getattr(m, 'pretrained_cfg', None)
             if cfg and 'mean' in cfg: return tuple(cfg['mean']), tuple(cfg['std'])
     return None
+
+
+def fit_logistic_head(head: nn.Linear, x: torch.Tensor, y: torch.Tensor, wd: float | None = None,
+                      max_iter: int = 100) -> nn.Linear:
+    """Load into `head` a multinomial logistic regression fitted on features `x` (N, in_features) and labels `y`
+    (L-BFGS, to convergence). L2 `wd` on the weights (None: 1/N, scikit-learn's C = 1); a head without bias keeps none."""
+    import torch.nn.functional as F
+    x = x.as_subclass(torch.Tensor).float().cpu()  # plain tensors: fastai's tensor subclasses' dispatch gets in the way
+    y = y.as_subclass(torch.Tensor).long().cpu()
+    w = torch.zeros(head.out_features, x.shape[1], requires_grad=True)
+    b = torch.zeros(head.out_features, requires_grad=head.bias is not None)
+    params = [w, b] if head.bias is not None else [w]
+    opt = torch.optim.LBFGS(params, max_iter=max_iter, line_search_fn='strong_wolfe')
+    if wd is None: wd = 1. / len(y)
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(x @ w.T + b, y) + wd / 2 * w.pow(2).sum()
+        loss.backward()
+        return loss
+    with torch.enable_grad(): opt.step(closure)
+    with torch.no_grad():
+        head.weight.copy_(w.detach().to(head.weight))
+        if head.bias is not None: head.bias.copy_(b.detach().to(head.bias))
+    return head
+
+
+def mean_se(values) -> tuple[float, float]:
+    "Mean and standard error of the mean (NaN for a single value)."
+    v = torch.as_tensor(values, dtype=torch.float64)
+    return float(v.mean()), float(v.std() / math.sqrt(len(v))) if len(v) > 1 else float('nan')

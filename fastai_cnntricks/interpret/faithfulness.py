@@ -2,7 +2,7 @@
 one call, and a table comparing methods on the same images against two maps that know nothing about the model:
 a random one and an edge detector's."""
 from __future__ import annotations
-import math, time
+import time
 
 import pandas as pd
 import torch
@@ -11,7 +11,7 @@ from fastai.learner import Learner
 from fastcore.basics import patch
 import matplotlib.pyplot as plt
 
-from ..core import (CnnTricksError, check_bool, check_choice, check_count, check_number, check_seed, check_type,
+from ..core import (CnnTricksError, mean_se, check_bool, check_choice, check_count, check_number, check_seed, check_type,
                     preserve_model)
 from .cam import cam_maps, check_target, grad_cam_maps
 from .inputs import image_batch, input_stats
@@ -138,11 +138,6 @@ def faithfulness(self: Learner, imgs,  # anything `learn.predict` accepts, or a 
     return curves, finish(_curves_figure(curves, output, what), show)
 
 
-def _mean_se(v):
-    v = torch.as_tensor(v, dtype=torch.float64)
-    return float(v.mean()), float(v.std() / math.sqrt(len(v))) if len(v) > 1 else float('nan')
-
-
 def compare_attributions(learn: Learner,
                          imgs,  # the images (a model-input batch, or anything `image_batch` takes)
                          methods=('occlusion', 'gradcam', 'random', 'edges'),  # names (see `METHODS`) or functions
@@ -164,7 +159,7 @@ def compare_attributions(learn: Learner,
         maps = attribution_method(m, stats, seed, **options.get(name, {}))(learn.model, x, targets)
         secs = (time.perf_counter() - t0) / len(x)
         c = deletion_insertion(learn.model, x, maps.to(x.device), targets, base, output, steps)
-        (d, dse), (i, ise) = _mean_se(c['deletion_auc']), _mean_se(c['insertion_auc'])
+        (d, dse), (i, ise) = mean_se(c['deletion_auc']), mean_se(c['insertion_auc'])
         rows.append(dict(method=name, deletion_auc=d, deletion_se=dse, insertion_auc=i, insertion_se=ise,
                          images=len(x), seconds_per_image=secs))
     return pd.DataFrame(rows).set_index('method')

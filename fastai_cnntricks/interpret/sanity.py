@@ -2,7 +2,7 @@
 cascading from the top and see whether the maps change (a method that passes gives maps that decorrelate from the
 trained model's); and, cheaply, refit the head on shuffled labels (data randomization)."""
 from __future__ import annotations
-import copy, math
+import copy
 
 import numpy as np
 import pandas as pd
@@ -13,7 +13,8 @@ from fastai.learner import Learner
 from timm.models import group_modules
 import matplotlib.pyplot as plt
 
-from ..core import CnnTricksError, check_bool, check_count, check_seed, check_type, preserve_model
+from ..core import (CnnTricksError, check_bool, check_seed, check_type, fit_logistic_head, mean_se,
+                    preserve_model)
 from .cam import check_target
 from .faithfulness import attribution_method, predicted_classes
 from .inputs import image_batch, input_stats
@@ -145,28 +146,11 @@ def _refit_head_on_shuffled_labels(learn, model, seed, max_batches=8):
     "Data randomization, the cheap way: the Linear head refit (logistic regression, L-BFGS) on permuted labels."
     head, x, y = _head_features(learn, model, max_batches)
     y = y.cpu()[torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))]
-    x = x.cpu()
-    w = torch.zeros(head.out_features, x.shape[1], dtype=torch.float64, requires_grad=True)
-    b = torch.zeros(head.out_features, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], max_iter=100, line_search_fn='strong_wolfe')
-
-    def penalized_loss():  # sklearn's default L2 (C = 1), as the probe head's fit
-        opt.zero_grad()
-        (out := F.cross_entropy(x.double() @ w.T + b, y) + w.pow(2).sum() / (2 * len(y))).backward()
-        return out
-    with torch.enable_grad(): opt.step(penalized_loss)
-    with torch.no_grad():
-        head.weight.copy_(w.detach().to(head.weight))
-        if head.bias is not None: head.bias.copy_(b.detach().to(head.bias))
-
-
-def _mean_se(v):
-    v = v.double()
-    return float(v.mean()), float(v.std() / math.sqrt(len(v))) if len(v) > 1 else float('nan')
+    fit_logistic_head(head, x, y)
 
 
 def _compare(name, n_groups, maps, ref):
-    (r, rse), (s, sse) = _mean_se(rank_correlation(maps, ref)), _mean_se(ssim(_unit_scale(maps), _unit_scale(ref)))
+    (r, rse), (s, sse) = mean_se(rank_correlation(maps, ref)), mean_se(ssim(_unit_scale(maps), _unit_scale(ref)))
     return dict(randomized=name, layers=n_groups, rank_correlation=r, rank_correlation_se=rse, ssim=s, ssim_se=sse)
 
 

@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from fastcore.basics import patch
 from fastai.learner import Learner
 from fastai.vision.augment import RandTransform
 
-from ..core import CnnTricksError, check_count, check_positive, preserve_model, unwrap_ddp
+from ..core import CnnTricksError, check_count, check_positive, fit_logistic_head, preserve_model, unwrap_ddp
 from .groups import head_module
 
 __all__ = ['classifier_layer', 'train_features', 'probe_init_head']
@@ -61,20 +60,5 @@ def probe_init_head(self: Learner,
     x, y = train_features(self, dl, max_batches)
     if x.shape[1] != head.in_features:
         raise CnnTricksError(f"body features have {x.shape[1]} dims but the head takes {head.in_features}")
-    x = x.as_subclass(torch.Tensor).float()  # plain tensors: fastai's TensorImage/TensorCategory dispatch gets in the way
-    w = torch.zeros(head.out_features, x.shape[1], requires_grad=True)
-    b = torch.zeros(head.out_features, requires_grad=head.bias is not None)  # fastai's last Linear has no bias
-    opt = torch.optim.LBFGS([w, b] if head.bias is not None else [w], max_iter=max_iter, line_search_fn='strong_wolfe')
-    y = y.as_subclass(torch.Tensor).long().cpu(); x = x.cpu()
-    if wd is None: wd = 1. / len(y)
-
-    def closure():
-        opt.zero_grad()
-        loss = F.cross_entropy(x @ w.T + b, y) + wd / 2 * w.pow(2).sum()
-        loss.backward()
-        return loss
-    with torch.enable_grad(): opt.step(closure)
-    with torch.no_grad():
-        head.weight.copy_(w.detach().to(head.weight))
-        if head.bias is not None: head.bias.copy_(b.detach().to(head.bias))
+    fit_logistic_head(head, x, y, wd=wd, max_iter=max_iter)
     return self
