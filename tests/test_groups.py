@@ -84,3 +84,39 @@ def test_group_summary(dls, capsys):
     assert df['state'].iloc[-1] == 'trainable' and df['state'].iloc[0] == 'partly (norm layers)'
     assert df['params'].sum() == sum(p.numel() for p in learn.model.parameters())
     assert 'classifier' in capsys.readouterr().out
+
+
+def _matcher_before_timm_1_0_28(self, coarse=False):
+    "ViT's and Eva's group_matcher in timm 1.0.0-1.0.27: no reg_token (pytorch-image-models#2712)."
+    return dict(stem=r'^cls_token|pos_embed|patch_embed', blocks=[(r'^blocks\.(\d+)', None), (r'^norm', (99999,))])
+
+
+@pytest.mark.parametrize('old_timm', [False, True])
+@pytest.mark.parametrize('family', ['vit', 'eva'])
+def test_register_tokens_group_with_the_embeddings(family, old_timm, dls, monkeypatch):
+    "A ViT's or Eva's `reg_token` is thawed with cls_token/pos_embed/patch_embed, first, never with the head."
+    from timm.models.vision_transformer import VisionTransformer
+    from timm.models.eva import Eva
+    cls = VisionTransformer if family == 'vit' else Eva
+    if old_timm: monkeypatch.setattr(cls, 'group_matcher', _matcher_before_timm_1_0_28)
+    tiny = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=10)
+    model = cls(reg_tokens=4, **tiny) if family == 'vit' else cls(num_reg_tokens=4, **tiny)
+    groups = [[n for n, _ in g] for g in timm_groups(model)]
+    assert {n.split('.')[0] for n in groups[0]} == {'cls_token', 'reg_token', 'pos_embed', 'patch_embed'}
+    assert groups[-1] == ['head.weight', 'head.bias'] and not any('reg_token' in g for g in groups[1:])
+    assert groups[1][0].startswith('blocks.0.') and groups[2][0].startswith('blocks.1.')  # then Eva's fc_norm, head
+    learn = Learner(dls, model, splitter=timm_splitter)
+    learn.freeze_to(1)  # every group but the embeddings: the register tokens stay frozen with cls_token
+    assert not model.reg_token.requires_grad and not model.cls_token.requires_grad
+    assert model.blocks[0].attn.qkv.weight.requires_grad and model.head.weight.requires_grad
+
+
+def test_register_tokens_in_fastai_vision_learner(dls, monkeypatch):
+    "fastai's vision_learner over a timm ViT with registers (pytorch-image-models#2712 in a timm < 1.0.28 matcher)."
+    from timm.models.vision_transformer import VisionTransformer
+    monkeypatch.setattr(VisionTransformer, 'group_matcher', _matcher_before_timm_1_0_28)
+    learn = vision_learner(dls, 'vit_tiny_patch16_224', pretrained=False, splitter=timm_splitter,
+                           reg_tokens=4, img_size=32, depth=2)
+    groups = [[n for n, _ in g] for g in timm_groups(learn.model)]
+    assert '0.model.reg_token' in groups[0] and len(groups) == 4
+    assert all(n.startswith('1.') for n in groups[-1])

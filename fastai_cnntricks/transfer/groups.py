@@ -29,11 +29,15 @@ def head_module(model: nn.Module) -> nn.Module:
 
 
 def _timm_stage_groups(m, fine):
-    "timm's own stage grouping (`group_matcher`), as lists of (name, param) in order."
+    "timm's own stage grouping (`group_matcher`), as lists of (name, param) in order; register tokens with the embeddings."
     from timm.models import group_parameters
     params = dict(m.named_parameters())
-    groups = group_parameters(m, m.group_matcher(coarse=not fine))
-    return [[(n, params[n]) for n in names] for names in groups.values()]
+    groups = [list(names) for names in group_parameters(m, m.group_matcher(coarse=not fine)).values()]
+    # timm < 1.0.28's ViT/Eva matchers leave `reg_token` unmatched, so it lands in the last group, thawed with the head
+    # (pytorch-image-models#2712). The model holds it as its `reg_token` attribute: a prefix token like cls_token.
+    reg = 'reg_token' if isinstance(getattr(m, 'reg_token', None), nn.Parameter) else None
+    if reg and reg not in groups[0]: groups = [[reg] + groups[0]] + [[n for n in g if n != reg] for g in groups[1:]]
+    return [[(n, params[n]) for n in names] for names in groups if names]
 
 
 def _child_groups(model):
