@@ -15,7 +15,7 @@ from ..core import (CnnTricksError, mean_se, check_bool, check_choice, check_cou
                     preserve_model)
 from .cam import cam_maps, check_target, grad_cam_maps
 from .inputs import image_batch, input_stats
-from .occlusion import faithfulness_curves, occlusion_attribution, occlusion_baseline
+from .occlusion import check_region, faithfulness_curves, occlusion_attribution, occlusion_baseline
 from .plots import finish
 
 __all__ = ['METHODS', 'random_map', 'edge_map', 'attribution_method', 'predicted_classes', 'deletion_insertion',
@@ -77,21 +77,22 @@ def _check_maps(maps, x):
     return maps
 
 
-def deletion_insertion(model, x, maps, targets, base, output='prob', steps=16) -> dict:
+def deletion_insertion(model, x, maps, targets, base, output='prob', steps=16, region=None) -> dict:
     """Deletion (most important pixels replaced by `base` first; lower AUC is better) and insertion (most important
-    pixels put into `base` first; higher is better) curves of every image's target score.
+    pixels put into `base` first; higher is better) curves of every image's target score, removing `region` x `region`
+    regions ranked by their mean attribution (1: single pixels; None: an eighth of the shorter side).
     -> dict of fractions (S+1,), deletion and insertion curves (N, S+1), deletion_auc and insertion_auc (N,)."""
     maps = _check_maps(maps, x)
     per = [faithfulness_curves(model, x[i:i + 1], maps[i], int(t), base[i:i + 1] if len(base) > 1 else base,
-                               output=output, steps=steps) for i, t in enumerate(targets)]
+                               output=output, steps=steps, region=region) for i, t in enumerate(targets)]
     out = dict(fractions=per[0]['fractions'])
     for k in ('deletion', 'insertion'): out[k] = torch.stack([p[k] for p in per])
     for k in ('deletion_auc', 'insertion_auc'): out[k] = torch.tensor([p[k] for p in per])
     return out
 
 
-def _check_faithfulness_args(target, baseline, output, steps):
-    target = check_target(target)
+def _check_faithfulness_args(target, baseline, output, steps, region):
+    target = check_target(target); check_region(region)
     if isinstance(baseline, str): check_choice('baseline', baseline, ['black', 'mean', 'blur'])
     elif not isinstance(baseline, torch.Tensor): check_number('baseline', baseline)
     check_choice('output', output, OUTPUTS); check_count('steps', steps)
@@ -126,15 +127,16 @@ def faithfulness(self: Learner, imgs,  # anything `learn.predict` accepts, or a 
                  baseline='mean',  # what deleted pixels become: 'black', 'mean', 'blur', a number or a tensor
                  output: str = 'prob',  # the target's 'prob' (softmax probability) or 'logit'
                  steps: int = 16,  # points on each curve
+                 region: int | None = None,  # side of the square regions removed together, px (1: pixels; None: side / 8)
                  show: bool = True, **kwargs):  # `kwargs` go to the method (e.g. `layer=`, `window=`)
     """Deletion and insertion curves with their AUC for any attribution map, per image.
     Returns (dict of curves and AUCs, Figure of the mean curves)."""
-    target = _check_faithfulness_args(target, baseline, output, steps); check_bool('show', show)
+    target = _check_faithfulness_args(target, baseline, output, steps, region); check_bool('show', show)
     if not isinstance(maps, torch.Tensor): attribution_method(maps)
     x, targets, base, stats = _setup(self, imgs, target, baseline)
     what = 'given maps' if isinstance(maps, torch.Tensor) else getattr(maps, '__name__', maps)
     if not isinstance(maps, torch.Tensor): maps = attribution_method(maps, stats, **kwargs)(self.model, x, targets)
-    curves = deletion_insertion(self.model, x, maps.to(x.device), targets, base, output, steps)
+    curves = deletion_insertion(self.model, x, maps.to(x.device), targets, base, output, steps, region)
     return curves, finish(_curves_figure(curves, output, what), show)
 
 
@@ -143,23 +145,32 @@ def compare_attributions(learn: Learner,
                          methods=('occlusion', 'gradcam', 'random', 'edges'),  # names (see `METHODS`) or functions
                          target=None,  # class index, one per image, or None (the predicted class)
                          baseline='mean', output: str = 'prob', steps: int = 16,
+                         region: int | None = None,  # side of the square regions removed together, px (1: pixels; None: side / 8)
                          options: dict | None = None,  # per-method keyword arguments, e.g. {'occlusion': dict(window=8)}
                          seed: int = 0) -> pd.DataFrame:  # seed of the random map
     """Deletion and insertion AUC of several attribution methods on the same images and targets: mean and standard
-    error per method (a faithful map deletes lower and inserts higher than the random map), and seconds per image."""
+    error per method (a faithful map deletes lower and inserts higher than the random map), and seconds per image.
+    With 'random' among `methods`, each method's paired gain over it on the same images (positive: better), with its
+    standard error."""
     check_type('learn', learn, Learner, 'a fastai Learner')
-    target = _check_faithfulness_args(target, baseline, output, steps); check_seed('seed', seed)
+    target = _check_faithfulness_args(target, baseline, output, steps, region); check_seed('seed', seed)
     options = check_type('options', options or {}, dict, 'a dict of method name -> keyword arguments')
     fns = {getattr(m, '__name__', m): attribution_method(m) for m in methods}
     for k in options: check_choice('options', k, list(fns))
     x, targets, base, stats = _setup(learn, imgs, target, baseline)
-    rows = []
+    rows, aucs = [], {}
     for m, name in zip(methods, fns):
         t0 = time.perf_counter()
         maps = attribution_method(m, stats, seed, **options.get(name, {}))(learn.model, x, targets)
         secs = (time.perf_counter() - t0) / len(x)
-        c = deletion_insertion(learn.model, x, maps.to(x.device), targets, base, output, steps)
+        aucs[name] = c = deletion_insertion(learn.model, x, maps.to(x.device), targets, base, output, steps, region)
         (d, dse), (i, ise) = mean_se(c['deletion_auc']), mean_se(c['insertion_auc'])
         rows.append(dict(method=name, deletion_auc=d, deletion_se=dse, insertion_auc=i, insertion_se=ise,
                          images=len(x), seconds_per_image=secs))
-    return pd.DataFrame(rows).set_index('method')
+    table = pd.DataFrame(rows).set_index('method')
+    if 'random' in aucs:  # paired over the same images: is the map better than chance on them?
+        r = aucs['random']
+        for k, sign in (('deletion', -1), ('insertion', 1)):
+            gains = [mean_se(sign * (aucs[n][f'{k}_auc'] - r[f'{k}_auc'])) for n in table.index]
+            table[f'{k}_gain_vs_random'], table[f'{k}_gain_se'] = zip(*gains)
+    return table
