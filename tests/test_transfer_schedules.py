@@ -118,7 +118,7 @@ def test_chain_thaw_and_fraction_schedules(dls):
 
 def test_warmup_of_newly_thawed_group(dls):
     learn = make_learner(dls)
-    fit(learn, 2, cbs=[GradualUnfreeze(every=1, warmup=1.0)], lr=1e-2)
+    fit(learn, 2, cbs=[GradualUnfreeze(every=1, warmup=1.0, decay=1)], lr=1e-2)  # decay=1: the warm-up alone
     pos, lrs, _ = learn.schedule_log.as_arrays()
     n_iter = int(round(1 / (pos[1] - pos[0])))
     e1 = pos >= 1
@@ -217,7 +217,8 @@ def test_lpft_probe_phase_then_all(dls):
                                              learn.model[0][0][1].weight.requires_grad))
     fit(learn, 2, cbs=[LPFT(lp_epochs=1), Modes()])
     assert {m for m in modes if m[0] == 0} == {(0, False, False, False)}  # body frozen, its norm layers in eval mode
-    assert {m for m in modes if m[0] == 1} == {(1, True, True, True)}
+    # fine-tuning: everything trains, BatchNorm keeps its statistics (the default ft_norm is NormPolicy(scope='all'))
+    assert {m for m in modes if m[0] == 1} == {(1, False, True, True)}
 
 
 def test_export_and_load_learner_with_callbacks(dls, tmp_path):
@@ -230,3 +231,83 @@ def test_export_and_load_learner_with_callbacks(dls, tmp_path):
     back.dls = dls
     fit(back, 2)  # keeps working after the round trip
     assert len(back.schedule_log) > 0
+
+
+# ---- the defaults the recipe taught (init_head, norm, decay, warm-up, LR warning), each can be turned off
+
+class HeadAtStart(Callback):
+    "The head's weights when the first optimizer step is about to be taken."
+    order = 99
+    def before_fit(self): self.w = None
+    def before_step(self):
+        if self.w is None: self.w = self.learn.model[1].weight.detach().clone()
+
+
+def lr_warnings(record): return [w for w in record if 'auto_base_lr' in str(w.message)]
+
+
+@pytest.mark.parametrize('sched', [lambda **k: GradualUnfreeze(**k), lambda **k: ChainThaw(**k), lambda **k: LPFT(**k)])
+def test_head_only_first_phase_starts_from_the_probe(dls, sched):
+    probe = make_learner(dls)
+    w0 = probe.model[1].weight.detach().clone()
+    probe.probe_init_head()
+    w_probe = probe.model[1].weight.detach().clone()
+    for kw, want in ((dict(), w_probe), (dict(init_head=False), w0)):
+        learn, rec = make_learner(dls), HeadAtStart()
+        fit(learn, 2, cbs=[sched(**kw), rec])
+        torch.testing.assert_close(rec.w, want)
+    learn, rec = make_learner(dls), HeadAtStart()  # resumed: the loaded head is kept
+    fit(learn, 2, cbs=[sched(), rec], start_epoch=1)
+    torch.testing.assert_close(rec.w, w0)
+
+
+def test_no_probe_without_a_head_only_phase(dls):
+    learn, rec = make_learner(dls), HeadAtStart()
+    w0 = learn.model[1].weight.detach().clone()
+    fit(learn, 1, cbs=[GradualUnfreeze(start=2), rec])
+    torch.testing.assert_close(rec.w, w0)
+
+
+def test_lr_far_above_auto_base_lr_warns_once_and_can_be_silenced(dls):
+    import warnings
+    for cbs in ([GradualUnfreeze()], [GradualUnfreeze(), DiscriminativeLR()], [DiscriminativeLR()]):
+        with warnings.catch_warnings(record=True) as rec:
+            warnings.simplefilter('always')
+            fit(make_learner(dls), 1, lr=1e-1, cbs=cbs)
+        assert len(lr_warnings(rec)) == 1, cbs  # names auto_base_lr, once per fit
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter('always')
+        fit(make_learner(dls), 1, lr=1e-1, cbs=[GradualUnfreeze(warn_lr=False), DiscriminativeLR(warn_lr=False)])
+        fit(make_learner(dls), 1, lr=1e-5, cbs=[GradualUnfreeze()])  # 8 per class: auto_base_lr ~1.4e-5
+    assert not lr_warnings(rec)
+    with pytest.raises(CnnTricksError, match='warn_lr'): GradualUnfreeze(warn_lr='no')
+
+
+def test_norm_statistics_stay_frozen_by_default(dls):
+    for norm, moved in ((None, False), (NormPolicy(), True)):
+        learn = make_learner(dls)
+        bn = learn.model[0][1][1]  # block 1: thawed at epoch 1 of GradualUnfreeze(every=.5) over 4 groups
+        rm = bn.running_mean.clone()
+        fit(learn, 2, cbs=[GradualUnfreeze(every=.5, norm=norm)])
+        assert bn.weight.requires_grad  # its group trains
+        assert torch.equal(bn.running_mean, rm) != moved
+
+
+def test_group_lrs_decay_by_default_unless_discriminative_lr_sets_them(dls):
+    for kw, extra, want in ((dict(), [], 0.7), (dict(decay=1), [], 1.), (dict(), [DiscriminativeLR(0.5)], 0.5)):
+        learn = make_learner(dls)
+        fit(learn, 1, cbs=[GradualUnfreeze(schedule={0: 'all'}, init_head=False, **kw)] + extra)
+        _, lrs, _ = learn.schedule_log.as_arrays()
+        np.testing.assert_allclose(lrs[:, :-1] / lrs[:, 1:], want, rtol=1e-6)
+
+
+def test_chain_thaw_warms_up_each_group_within_its_phase(dls):
+    learn = make_learner(dls)
+    fit(learn, 5, cbs=[ChainThaw(phase_epochs=1, decay=1)])
+    pos, lrs, _ = learn.schedule_log.as_arrays()
+    ratio = lrs[:, 0] / lrs[:, 3]  # group 0 trains alone in [1, 2): warm-up over half that phase
+    first, second = (pos >= 1) & (pos < 1.5), (pos >= 1.5) & (pos < 2)
+    assert ratio[first][0] < .5 and np.all(np.diff(ratio[first]) > 0)
+    np.testing.assert_allclose(ratio[second], 1.)
+    fit(learn, 5, cbs=[ChainThaw(phase_epochs=1, decay=1, warmup=0)])
+    np.testing.assert_allclose(learn.schedule_log.as_arrays()[1][:, 0] / learn.schedule_log.as_arrays()[1][:, 3], 1.)

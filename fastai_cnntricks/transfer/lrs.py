@@ -1,13 +1,48 @@
-"Discriminative learning rates: per-group LRs that decay from the head down, as values or as a callback over any schedule."
+"""Discriminative learning rates: per-group LRs that decay from the head down, as values or as a callback over any
+schedule; the LR rule for a pretrained body (`auto_base_lr`) and the one warning for an LR far above it."""
 from __future__ import annotations
+import warnings
 
 import numpy as np
 from fastai.callback.core import Callback
 from fastai.learner import Learner
 
-from ..core import CnnTricksError, check_number, check_positive
+from ..core import CnnTricksError, check_bool, check_number, check_positive
 
-__all__ = ['layer_decay_lrs', 'LRScaler', 'DiscriminativeLR', 'ScheduleRecorder', 'ScheduleLog']
+__all__ = ['layer_decay_lrs', 'LRScaler', 'DiscriminativeLR', 'ScheduleRecorder', 'ScheduleLog', 'auto_base_lr',
+           'LR_WARN_FACTOR', 'warn_if_lr_high', 'peak_lr']
+
+LR_WARN_FACTOR = 10  # a peak LR this many times auto_base_lr (e.g. lr_find's valley) ends near chance on few-shot data
+
+
+def auto_base_lr(dls, lr: float = 6e-4, full_at: int = 100) -> float:
+    """`lr` when the training set has at least `full_at` images per class, else `lr * (per_class / full_at) ** 1.5`.
+    Chosen on tf_efficientnet_lite0 from seed-paired runs at 10, 30 and 100 images per class (bench/transfer_variants.py;
+    figures in bench/RESULTS.md). With few images fine-tuning mostly moves the body away from features its probe head
+    already separates, so the LR falls faster than the data."""
+    check_positive('lr', lr); check_positive('full_at', full_at)
+    n, c = len(dls.train_ds), getattr(dls, 'c', None)
+    if not c or not n: return lr
+    return lr * min(1., n / c / full_at) ** 1.5
+
+
+def warn_if_lr_high(lr: float, dls, name: str = 'base_lr', stacklevel: int = 3) -> bool:
+    "Warn (and return True) when the head's peak `lr` is over `LR_WARN_FACTOR` times `auto_base_lr(dls)`."
+    auto_lr = auto_base_lr(dls)
+    if not lr > LR_WARN_FACTOR * auto_lr: return False
+    warnings.warn(f"{name}={lr:.2g} is {lr / auto_lr:.0f}x auto_base_lr(dls)={auto_lr:.2g}: on a pretrained body such "
+                  "LRs (e.g. lr_find's suggestions, made for a fresh head with everything training) move the features "
+                  "away from what the probe head separates; use auto_base_lr(dls) (fine_tune_gradual's default)",
+                  stacklevel=stacklevel)
+    return True
+
+
+def peak_lr(learn: Learner) -> float:
+    "The head's (last group's) highest LR in the fit about to run: the maximum of a ParamScheduler's `lr` schedule, else the optimizer's."
+    for cb in learn.cbs:
+        f = getattr(cb, 'scheds', {}).get('lr') if type(cb).__name__ == 'ParamScheduler' else None
+        if f is not None: return float(max(np.atleast_1d(f(p)).ravel()[-1] for p in np.linspace(0, 1, 201)))
+    return float(learn.opt.hypers[-1]['lr'])
 
 
 def _check_decay(decay):
@@ -46,9 +81,14 @@ class LRScaler(Callback):
 
     def _is_first(self): return next(cb for cb in self.learn.cbs.sorted('order') if isinstance(cb, LRScaler)) is self
 
-    def before_fit(self): self._fit_started = False
+    def before_fit(self): self._fit_started = self._lr_checked = False  # validate() calls before_fit too: act at before_train
 
     def before_train(self):
+        if not getattr(self, '_lr_checked', False):
+            self._lr_checked = True  # the LR warning, once per fit: from the first LRScaler (by order) that asks for it
+            if getattr(self, 'warn_lr', False) and self is next(cb for cb in self.learn.cbs.sorted('order')
+                                                                if isinstance(cb, LRScaler) and getattr(cb, 'warn_lr', False)):
+                warn_if_lr_high(peak_lr(self.learn), self.dls, name='lr', stacklevel=2)
         if getattr(self, '_fit_started', False) or not self._is_first(): return
         from .groups import group_names
         self._fit_started = True
@@ -86,9 +126,12 @@ class ScheduleRecorder(LRScaler):
 
 
 class DiscriminativeLR(LRScaler):
-    "Multiply group i's LR by `decay**(n_groups-1-i)` on top of whatever schedule runs (`fit_one_cycle`, `fit_flat_cos`, ...)."
-    def __init__(self, decay: float = 0.7):  # factor between a group and the one above it; the head keeps the LR
-        self.decay = _check_decay(decay)
+    """Multiply group i's LR by `decay**(n_groups-1-i)` on top of whatever schedule runs (`fit_one_cycle`, `fit_flat_cos`,
+    ...). At `before_fit` it warns when the head's peak LR is far above `auto_base_lr` (`warn_if_lr_high`)."""
+    def __init__(self,
+                 decay: float = 0.7,  # factor between a group and the one above it; the head keeps the LR
+                 warn_lr: bool = True):  # warn when the peak LR is over LR_WARN_FACTOR x auto_base_lr(dls)
+        self.decay, self.warn_lr = _check_decay(decay), check_bool('warn_lr', warn_lr)
 
     def before_fit(self):
         super().before_fit()

@@ -10,15 +10,12 @@ from fastai.callback.schedule import fit_one_cycle  # noqa: F401  (patches Learn
 
 from ..core import CnnTricksError, check_bool, check_choice, check_count, check_number, check_positive, check_type
 from .forgetting import L2SP
-from .lrs import DiscriminativeLR, _check_decay
+from .lrs import DiscriminativeLR, _check_decay, auto_base_lr, LR_WARN_FACTOR, warn_if_lr_high  # noqa: F401 (re-exported)
 from .norms import NormPolicy
 from .schedules import GradualUnfreeze, LPFT
 from .head_init import probe_init_head  # noqa: F401  (patches Learner.probe_init_head)
 
 __all__ = ['gradual_schedule', 'auto_base_lr', 'fine_tune_gradual', 'LR_WARN_FACTOR']
-
-LR_WARN_FACTOR = 10  # a base_lr this many times auto_base_lr (e.g. lr_find's valley) ends near chance on few-shot data
-
 
 def gradual_schedule(n_groups: int, head_pct: float = 0.25, full_pct: float = 0.75) -> dict:
     "`{fraction of training: n trainable groups}`: the head alone until `head_pct`, then one group more at even steps until all train at `full_pct`."
@@ -28,17 +25,6 @@ def gradual_schedule(n_groups: int, head_pct: float = 0.25, full_pct: float = 0.
         raise CnnTricksError(f"head_pct={head_pct!r}, full_pct={full_pct!r} are not valid; need 0 <= head_pct < full_pct <= 1")
     steps = n_groups - 1
     return {0.: 1, **{head_pct + (full_pct - head_pct) * k / steps: 1 + k for k in range(1, steps + 1)}}
-
-
-def auto_base_lr(dls, lr: float = 6e-4, full_at: int = 100) -> float:
-    """`lr` when the training set has at least `full_at` images per class, else `lr * (per_class / full_at) ** 1.5`.
-    Chosen on tf_efficientnet_lite0 from seed-paired runs at 10, 30 and 100 images per class (bench/transfer_variants.py;
-    figures in bench/RESULTS.md). With few images fine-tuning mostly moves the body away from features its probe head
-    already separates, so the LR falls faster than the data."""
-    check_positive('lr', lr); check_positive('full_at', full_at)
-    n, c = len(dls.train_ds), getattr(dls, 'c', None)
-    if not c or not n: return lr
-    return lr * min(1., n / c / full_at) ** 1.5
 
 
 @patch
@@ -74,23 +60,16 @@ def fine_tune_gradual(self: Learner,
     gradual_schedule(n, head_pct, full_pct)  # a schedule that cannot run fails before the probe overwrites the head
     resuming = bool(kwargs.get('start_epoch'))
     if base_lr is None: base_lr = auto_base_lr(self.dls)
-    else: _warn_if_far_above(base_lr, auto_base_lr(self.dls))
+    else: warn_if_lr_high(base_lr, self.dls)
     if init_head and not resuming: self.probe_init_head()  # a resumed fit keeps the head it loaded
     if schedule == 'gradual':
-        sched = GradualUnfreeze(schedule=gradual_schedule(n, head_pct, full_pct), unit='fraction', warmup=warmup, norm=norm)
+        sched = GradualUnfreeze(schedule=gradual_schedule(n, head_pct, full_pct), unit='fraction', warmup=warmup, norm=norm,
+                                init_head=False, warn_lr=False)  # the probe and the warning happened above
     else:
-        sched = LPFT(lp_pct=head_pct, warmup=warmup, ft_norm=norm)
-    extra = [sched, DiscriminativeLR(decay)] + ([L2SP(alpha=l2sp, beta=0.)] if l2sp else [])
+        sched = LPFT(lp_pct=head_pct, warmup=warmup, ft_norm=norm, init_head=False, warn_lr=False)
+    extra = [sched, DiscriminativeLR(decay, warn_lr=False)] + ([L2SP(alpha=l2sp, beta=0.)] if l2sp else [])
     if l2sp and 'wd' not in kwargs: kwargs['wd'] = 0.
     self.fit_one_cycle(epochs, base_lr, cbs=extra + list(L(cbs)), **kwargs)
-
-
-def _warn_if_far_above(base_lr, auto_lr):
-    if base_lr > LR_WARN_FACTOR * auto_lr:
-        warnings.warn(f"base_lr={base_lr:.2g} is {base_lr / auto_lr:.0f}x auto_base_lr(dls)={auto_lr:.2g}: on a pretrained "
-                      "body such LRs (e.g. lr_find's suggestions, made for a fresh head with everything training) move "
-                      "the features away from what the probe head separates; leave base_lr=None for auto_base_lr",
-                      stacklevel=3)
 
 
 def _check_recipe_args(epochs, base_lr, decay, head_pct, full_pct, norm, warmup, l2sp, schedule, init_head, kwargs):

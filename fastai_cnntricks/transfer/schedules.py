@@ -1,15 +1,21 @@
 """Freeze/unfreeze schedules over the stage groups: `GradualUnfreeze` (ULMFiT), `ChainThaw` (Felbo et al. 2017), `LPFT`
 (Kumar et al. 2022). Freezing is `requires_grad` only: the optimizer keeps its parameter groups (ParamScheduler works)
-and the Adam/SGD state of groups already training (fastai's `freeze_to` clears it)."""
+and the Adam/SGD state of groups already training (fastai's `freeze_to` clears it).
+
+Their defaults carry what `fine_tune_gradual` taught (each can be turned off; the measurements are in bench/RESULTS.md,
+`schedules_alone`): a head-only first phase starts from the probe head (`init_head`), every norm layer keeps its
+pretrained statistics (`norm`), a newly thawed group warms up (`warmup`), group LRs decay from the head down
+(`decay`, unless a `DiscriminativeLR` callback sets them), and a peak LR far above `auto_base_lr` warns (`warn_lr`)."""
 from __future__ import annotations
 import bisect
 
 import numpy as np
-from fastai.callback.core import Callback
 
-from ..core import CnnTricksError, check_choice, check_count, check_fraction, check_positive, check_type, unwrap_ddp
-from .lrs import LRScaler
+from ..core import (CnnTricksError, check_bool, check_choice, check_count, check_fraction, check_positive, check_type,
+                    unwrap_ddp)
+from .lrs import LRScaler, DiscriminativeLR, _check_decay
 from .norms import NormPolicy
+from .head_init import probe_init_head  # noqa: F401  (patches Learner.probe_init_head)
 
 __all__ = ['FreezeSchedule', 'GradualUnfreeze', 'ChainThaw', 'LPFT']
 
@@ -17,14 +23,22 @@ __all__ = ['FreezeSchedule', 'GradualUnfreeze', 'ChainThaw', 'LPFT']
 class FreezeSchedule(LRScaler):
     """Base of the freezing schedules: a list of phases (start in epochs, set of trainable group indices), applied
     at epoch and batch boundaries from the position in training alone, so a fit resumed with `start_epoch` is in the
-    same state as an uninterrupted one. A group that becomes trainable warms up its LR linearly over `warmup` epochs."""
+    same state as an uninterrupted one. A group that becomes trainable warms up its LR linearly over `warmup` epochs.
+Why each default (`init_head`, `norm`, `decay`, `warn_lr`): the module docstring; figures in bench/RESULTS.md."""
     order = 15  # after DistributedTrainer (11): DDP must have registered every parameter before we freeze any
     run_valid = False
 
-    def __init__(self, warmup: float = 0.5, norm: NormPolicy | None = None):
+    def __init__(self,
+                 warmup: float = 0.5,  # epochs of linear LR warm-up for a newly thawed group (0: off)
+                 norm: NormPolicy | None = None,  # norm layers' policy (None: NormPolicy(scope='all'), statistics frozen everywhere)
+                 init_head: bool = True,  # a head-only first phase starts from `learn.probe_init_head()` (not when resuming)
+                 decay: float = 0.7,  # LR factor between a group and the one above it (1: off; a DiscriminativeLR callback overrides it)
+                 warn_lr: bool = True):  # warn at before_fit when the head's peak LR is over LR_WARN_FACTOR x auto_base_lr(dls)
         check_positive('warmup', warmup, allow_zero=True)
         if norm is not None: check_type('norm', norm, NormPolicy, 'a NormPolicy(affine=..., stats=...) or None')
         self.warmup, self.norm = warmup, norm
+        self.init_head, self.warn_lr = check_bool('init_head', init_head), check_bool('warn_lr', warn_lr)
+        self.decay = _check_decay(decay)
 
     # -- to define in subclasses
     def phases(self, n_groups: int, n_epoch: int) -> list[tuple[float, frozenset]]:
@@ -37,7 +51,7 @@ class FreezeSchedule(LRScaler):
         if others and self.norm is not None and others[0] is not self.norm:
             raise CnnTricksError(f"{type(self).__name__} has norm={self.norm!r} and a NormPolicy callback is also present; "
                                  "keep one of them")
-        return others[0] if others else (self.norm if self.norm is not None else NormPolicy())
+        return others[0] if others else (self.norm if self.norm is not None else NormPolicy(scope='all'))
 
     def _setup(self):
         others = [cb for cb in self.learn.cbs if isinstance(cb, FreezeSchedule) and cb is not self]
@@ -58,13 +72,24 @@ class FreezeSchedule(LRScaler):
             last = {i: (s if i not in prev else last.get(i)) for i in g}
             self._thawed_at.append(last)
         self._n_groups, self._phase, self._policy_cb = n, None, self._policy()
+        ends = self._starts[1:] + [max(float(self.n_epoch), self._starts[-1])]
+        self._warm = [self._warmup_len(e - s) for s, e in zip(self._starts, ends)]
+        self._own_decay = getattr(self, 'decay', 1) != 1 and not any(isinstance(cb, DiscriminativeLR) for cb in self.learn.cbs)
+
+    def _warmup_len(self, phase_len):
+        "Epochs of warm-up for groups thawed in a phase of `phase_len` epochs."
+        return self.warmup
 
     def before_fit(self):
         super().before_fit()
         self._ready = False
 
     def before_train(self):
-        if not getattr(self, '_ready', False): self._setup(); self._ready = True
+        if not getattr(self, '_ready', False):  # the first training epoch of this fit (validate() also calls before_fit)
+            self._setup(); self._ready = True
+            # a resumed fit (start_epoch > 0) keeps the head it loaded
+            if getattr(self, 'init_head', False) and self.epoch == 0 and self._sets[0] == {self._n_groups - 1}:
+                self.learn.probe_init_head()
         super().before_train()
         self._phase = None  # TrainEvalCallback just put every module in train mode: re-apply the norm policy
         self._update(float(self.epoch))  # `iter`/`n_iter` are stale until the first batch
@@ -93,11 +118,15 @@ class FreezeSchedule(LRScaler):
         return self._sets[bisect.bisect_right(self._starts, epoch + 1e-9) - 1]
 
     def group_factors(self):
-        if not self.warmup or self._phase is None: return None
-        pos, f = self._pos(), np.ones(self._n_groups)
-        step = 1 / max(self.n_iter, 1)
-        for i, t in self._thawed_at[self._phase].items():
-            if t is not None: f[i] = min(1., (pos - t + step) / self.warmup)
+        if self._phase is None or not (self.warmup or self._own_decay): return None
+        f = np.ones(self._n_groups)
+        if self._own_decay: f *= self.decay ** np.arange(self._n_groups - 1, -1, -1, dtype=float)
+        if self.warmup:
+            pos, step = self._pos(), 1 / max(self.n_iter, 1)
+            for i, t in self._thawed_at[self._phase].items():
+                if t is None: continue
+                k = bisect.bisect_right(self._starts, t + 1e-9) - 1  # the phase in which group i thawed
+                f[i] *= min(1., (pos - t + step) / self._warm[k])
         return f
 
     def after_fit(self):
@@ -126,8 +155,9 @@ class GradualUnfreeze(FreezeSchedule):
                  schedule: dict | None = None,  # {epoch or fraction: n trainable groups counted from the head}
                  unit: str = 'auto',  # keys of `schedule`: 'epoch', 'fraction' (of training) or 'auto'
                  warmup: float = 0.5,  # epochs of linear LR warm-up for a newly thawed group (0: off)
-                 norm: NormPolicy | None = None):  # what norm layers in frozen groups do (default NormPolicy())
-        super().__init__(warmup, norm)
+                 norm: NormPolicy | None = None,  # norm layers' policy (None: NormPolicy(scope='all'))
+                 **kwargs):  # init_head, decay, warn_lr: see FreezeSchedule
+        super().__init__(warmup, norm, **kwargs)
         check_positive('every', every)
         check_choice('unit', unit, ('auto', 'epoch', 'fraction'))
         _check_groups(start, None, 'start'); check_count('step', step)
@@ -164,13 +194,18 @@ class ChainThaw(FreezeSchedule):
     """Chain-thaw (Felbo et al. 2017): the head alone, then each group alone from the first to the last, then
     everything; phases of equal length unless `phase_epochs` says how long each of the n_groups+1 phases is."""
     def __init__(self, phase_epochs: float | list | None = None,  # one length for all phases, or one per phase
-                 warmup: float = 0.0, norm: NormPolicy | None = None):
-        super().__init__(warmup, norm)
+                 warmup: float = 0.5,  # epochs of LR warm-up for a thawed group, at most half of its phase (0: off)
+                 norm: NormPolicy | None = None,  # norm layers' policy (None: NormPolicy(scope='all'))
+                 **kwargs):  # init_head, decay, warn_lr: see FreezeSchedule
+        super().__init__(warmup, norm, **kwargs)
         if isinstance(phase_epochs, (list, tuple)):
             if not phase_epochs: raise CnnTricksError("phase_epochs=[] is not valid; give one length per phase")
             for pe in phase_epochs: check_positive('phase_epochs', pe)
         elif phase_epochs is not None: check_positive('phase_epochs', phase_epochs)
         self.phase_epochs = phase_epochs
+
+    def _warmup_len(self, phase_len):
+        return min(self.warmup, phase_len / 2)  # each group trains alone for one short phase: reach its full LR in it
 
     def phases(self, n_groups, n_epoch):
         sets = [{n_groups - 1}] + [{i} for i in range(n_groups - 1)] + [set(range(n_groups))]
@@ -191,8 +226,10 @@ class LPFT(FreezeSchedule):
     the body in eval mode for `lp_epochs` (or the fraction `lp_pct` of training), then every group trains."""
     def __init__(self, lp_epochs: float | None = None,  # epochs of linear probing
                  lp_pct: float = 0.5,  # ... or this fraction of training when `lp_epochs` is None
-                 warmup: float = 0.5, ft_norm: NormPolicy | None = None):  # norm policy while fine-tuning (default NormPolicy())
-        super().__init__(warmup, None)
+                 warmup: float = 0.5,  # epochs of LR warm-up for the body when it thaws
+                 ft_norm: NormPolicy | None = None,  # norm policy while fine-tuning (None: NormPolicy(scope='all'))
+                 **kwargs):  # init_head, decay, warn_lr: see FreezeSchedule
+        super().__init__(warmup, None, **kwargs)
         if lp_epochs is not None: check_positive('lp_epochs', lp_epochs)
         check_fraction('lp_pct', lp_pct, allow_zero=False)
         if ft_norm is not None: check_type('ft_norm', ft_norm, NormPolicy, 'a NormPolicy(affine=..., stats=...) or None')
@@ -214,7 +251,7 @@ class LPFT(FreezeSchedule):
     def _policy(self): return self._lp_norm
 
     def _apply(self, k):
-        self._policy_cb = self._lp_norm if k == 0 else (self.ft_norm or NormPolicy())
+        self._policy_cb = self._lp_norm if k == 0 else (self.ft_norm or NormPolicy(scope='all'))
         super()._apply(k)
 
     def phases(self, n_groups, n_epoch):
