@@ -1,9 +1,12 @@
-"invariance wing: the label-invariance check -- catalogue of fixed transforms, the sweep, the report, diversity."
-from . import catalogue, sweep, report, check, diversity
+"invariance wing: the label-invariance check -- catalogue of fixed transforms, the sweep, the robustness check of a model, the label-preservation check of the data, the report, diversity."
+from . import catalogue, sweep, report, check, diversity, label_reference, label
 from .catalogue import *
 from .sweep import *
 from .report import *
 from .check import *
 from .diversity import *
+from .label_reference import *
+from .label import *
 
-__all__ = [*catalogue.__all__, *sweep.__all__, *report.__all__, *check.__all__, *diversity.__all__]
+__all__ = [*catalogue.__all__, *sweep.__all__, *report.__all__, *check.__all__, *diversity.__all__,
+           *label_reference.__all__, *label.__all__]

@@ -1,23 +1,40 @@
-"""`InvarianceReport`: the results of `learn.invariance_check()` as a table, plots, safe magnitudes and suggested
-transforms. It holds the numbers and a `redraw` function for the flipped items' images; the HTML page is the report
-package's `invariance_section`."""
+"""`InvarianceReport`: the results of `learn.invariance_check()` and `label_invariance_check()` as a table, plots,
+safe magnitudes and suggested transforms. It holds the numbers and a `redraw` function for the flipped items' images;
+the HTML page is the report package's `invariance_section`.
+
+Two axes, two kinds. Every report has the **robustness** axis of one model (columns `clean_acc`, `acc`, `affinity`,
+`flip_rate`, `js`, `top_transitions`): how much that model's predictions move. A report of `label_invariance_check`
+(`kind='label'`) also has the **label** axis (columns `label_*`, per class in `class_table()`): whether the label
+survives, measured with references allowed to learn the invariance. `safe_magnitudes`, `transitions`, `summary` and
+`suggest_tfms` use the report's own kind unless `axis=` says otherwise."""
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import matplotlib.pyplot as plt
 
-from ..core import CnnTricksError, check_number, check_count, check_bool
+from ..core import CnnTricksError, check_number, check_count, check_bool, check_choice
 from .catalogue import suggested_tfms
 
-__all__ = ['InvarianceReport']
+__all__ = ['InvarianceReport', 'AXES']
+
+AXES = ('robustness', 'label')  # what a report measures: one model's predictions, or whether labels survive
 
 
 def _magnitude_text(m): return f'{m:g}' if isinstance(m, (int, float)) else str(m)
 
 
+def _drop_se(n, base, acc, dd):
+    "(drop, standard error) of paired correctness: base accuracy - accuracy over `n` items (arrays broadcast)."
+    with np.errstate(invalid='ignore', divide='ignore'):
+        drop = (base - acc) / n
+        se = np.sqrt(np.clip(dd / n - drop ** 2, 0, None) / np.maximum(n - 1, 1))
+    return drop, se
+
+
 class InvarianceReport:
-    "Per (transform, magnitude): clean and augmented accuracy, affinity, flip rate, JS divergence, class transitions."
+    """Per (transform, magnitude): clean and augmented accuracy, affinity, flip rate, JS divergence, class
+    transitions of one model (`kind='robustness'`); with `label`, also the label drop per class (`kind='label'`)."""
     def __init__(self,
                  sweep,  # [(FixedTfm, magnitudes)] as swept
                  keys,  # [(FixedTfm, magnitude)]: the non-neutral pairs, in the order of the statistics
@@ -26,8 +43,12 @@ class InvarianceReport:
                  clean_preds,  # the items' predicted classes without a transform
                  flips,  # per key, up to `keep_flips` (item index, new prediction) pairs
                  vocab=None,  # class names
-                 redraw=None):  # redraw(key index, item indices) -> ({i: clean image}, {i: augmented image})
+                 redraw=None,  # redraw(key index, item indices) -> ({i: clean image}, {i: augmented image})
+                 label=None,  # label axis per key and class: n, base, acc, ref_clean, dd, conf, base_conf (label.py)
+                 robustness_model=None):  # what the robustness columns measured (text)
         self.sweep, self.keys, self.stats, self.ys, self.clean_preds = sweep, keys, stats, ys, clean_preds
+        self.label, self.robustness_model = label, robustness_model
+        self.kind = 'label' if label is not None else 'robustness'  # the axis safe_magnitudes & co. use by default
         self.flips, self.redraw = flips, redraw
         self.n_classes = len(stats['n_y'])
         self.vocab = [str(v) for v in vocab] if vocab is not None else [str(i) for i in range(self.n_classes)]
@@ -56,23 +77,72 @@ class InvarianceReport:
             raise CnnTricksError(f"magnitude={magnitude!r} was not swept for {name!r}; swept: {ms}")
         return name, self._index[(name, magnitude)]
 
-    def transitions(self, tfm, magnitude, top=5) -> pd.DataFrame:
-        """The most frequent class transitions among items whose prediction changed (true class -> new
-        prediction, corrections excluded): count, share of the true class's items, share of all changed items."""
+    def _axis(self, axis):
+        "The axis asked for (None: this report's kind); 'label' needs a report of `label_invariance_check`."
+        axis = self.kind if axis is None else check_choice('axis', axis, AXES)
+        if axis == 'label' and self.label is None:
+            raise CnnTricksError("axis='label' needs a report of label_invariance_check(dls); this one measured "
+                                 "the robustness of one model (invariance_check)")
+        return axis
+
+    def transitions(self, tfm, magnitude, top=5, axis=None) -> pd.DataFrame:
+        """The most frequent class transitions (true class -> predicted): count, share of the true class's items,
+        share of all transitions. Robustness axis: items whose prediction changed (corrections excluded). Label
+        axis: the colliding pairs, i.e. errors of the reference trained up to `magnitude` on transformed items in
+        excess of its clean head's errors on clean ones."""
         name, k = self._key(tfm, magnitude)
         check_count('top', top)
+        axis = self._axis(axis)
         cols = ['true', 'pred', 'count', 'of_class', 'of_flips']
         if k is None: return pd.DataFrame(columns=cols)
         C = self.n_classes
-        t = self.stats['trans'][k].reshape(C, C)
+        if axis == 'label':
+            t = np.clip(self.label['conf'][k] - self.label['base_conf'][k], 0, None)
+            np.fill_diagonal(t, 0)
+            n_y, total = self.label['n'], t.sum()
+        else: t, n_y, total = self.stats['trans'][k].reshape(C, C), self.stats['n_y'], self.stats['flips'][k]
         order = np.argsort(-t, axis=None)[:top]
-        rows = [(self.vocab[i // C], self.vocab[i % C], int(t.flat[i]), t.flat[i] / max(self.stats['n_y'][i // C], 1),
-                 t.flat[i] / max(self.stats['flips'][k], 1)) for i in order if t.flat[i] > 0]
+        rows = [(self.vocab[i // C], self.vocab[i % C], int(t.flat[i]), t.flat[i] / max(n_y[i // C], 1),
+                 t.flat[i] / max(total, 1)) for i in order if t.flat[i] > 0]
         return pd.DataFrame(rows, columns=cols)
 
-    def _transition_text(self, tfm, magnitude, top=3):
-        df = self.transitions(tfm, magnitude, top)
+    def _transition_text(self, tfm, magnitude, top=3, axis='robustness'):
+        df = self.transitions(tfm, magnitude, top, axis=axis)
         return ', '.join(f'{r.true} → {r.pred} ({r.of_class:.0%})' for r in df.itertuples())
+
+    def _label_row(self, name, magnitude, k):
+        "The label axis of one (transform, magnitude): overall accuracy, drop and its standard error, collisions."
+        L = self.label
+        if k is None:  # the neutral magnitude: the clean head of this transform's references, on clean items
+            k0 = next((i for i, (ft, _) in enumerate(self.keys) if ft.name == name), None)
+            acc = float(L['base'][k0].sum() / L['n'].sum()) if k0 is not None else float('nan')
+            return dict(label_base_acc=acc, label_acc=acc, label_drop=0., label_drop_se=0., label_ref_clean_acc=acc,
+                        label_collisions='')
+        n = L['n'].sum()
+        drop, se = _drop_se(n, L['base'][k].sum(), L['acc'][k].sum(), L['dd'][k].sum())
+        return dict(label_base_acc=float(L['base'][k].sum() / n), label_acc=float(L['acc'][k].sum() / n),
+                    label_drop=float(drop), label_drop_se=float(se),
+                    label_ref_clean_acc=float(L['ref_clean'][k].sum() / n),
+                    label_collisions=self._transition_text(name, magnitude, axis='label'))
+
+    def class_table(self) -> pd.DataFrame:
+        """Label axis per (transform, magnitude, class): items, the clean head's accuracy on clean items, the
+        accuracy of the reference trained up to the magnitude on transformed items, the drop and its standard error."""
+        self._axis('label')
+        L, rows = self.label, []
+        for ft, ms in self.sweep:
+            for m in ms:
+                _, k = self._key(ft.name, m)
+                for c in range(self.n_classes):
+                    n = L['n'][c]
+                    if k is None:  # neutral: this transform's clean head, as in `row`
+                        k0 = next((i for i, (f, _) in enumerate(self.keys) if f.name == ft.name), None)
+                        b = a = L['base'][k0][c] if k0 is not None else np.nan; dd = 0.
+                    else: b, a, dd = L['base'][k][c], L['acc'][k][c], L['dd'][k][c]
+                    drop, se = _drop_se(n, b, a, dd)
+                    rows.append(dict(tfm=ft.name, magnitude=m, cls=self.vocab[c], n=int(n), base_acc=b / max(n, 1),
+                                     label_acc=a / max(n, 1), label_drop=float(drop), label_drop_se=float(se)))
+        return pd.DataFrame(rows)
 
     def row(self, tfm, magnitude) -> dict:
         "One line of `table`: the measures for `tfm` at `magnitude`."
@@ -82,38 +152,63 @@ class InvarianceReport:
         else:
             acc, fr = self.stats['correct'][k] / self.n, self.stats['flips'][k] / self.n
             js, tt = self.stats['js'][k] / self.n, self._transition_text(name, magnitude)
-        return dict(tfm=name, magnitude=magnitude, unit=ft.unit, clean_acc=self.clean_acc, acc=float(acc),
-                    affinity=float(acc - self.clean_acc), flip_rate=float(fr), js=float(js), top_transitions=tt,
-                    n_items=self.n)
+        row = dict(tfm=name, magnitude=magnitude, unit=ft.unit)
+        if self.label is not None: row.update(self._label_row(name, magnitude, k))
+        return {**row, **dict(clean_acc=self.clean_acc, acc=float(acc), affinity=float(acc - self.clean_acc),
+                              flip_rate=float(fr), js=float(js), top_transitions=tt, n_items=self.n)}
 
-    def safe_magnitudes(self, max_drop=0.02, interpolate=False) -> dict:
-        """Per transform, the largest swept magnitude (going out from the neutral one) up to which the accuracy drop
-        stays within `max_drop` (a fraction: 0.02 = 2 points). `interpolate`: linearly between the last safe and
-        the first unsafe magnitude, where the drop crosses `max_drop`."""
+    @staticmethod
+    def _safe_along(ft, ms, drops, max_drop, interpolate):
+        "The largest magnitude of `ms` (neutral first) before the first whose drop exceeds `max_drop`."
+        i = 0
+        while i + 1 < len(ms) and not drops[i + 1] > max_drop + 1e-12: i += 1  # NaN (no items) counts as unsafe
+        m = ms[i]
+        if interpolate and ft.continuous and i + 1 < len(ms) and np.isfinite(drops[i + 1]) and drops[i + 1] != drops[i]:
+            m = ms[i] + (max_drop - drops[i]) / (drops[i + 1] - drops[i]) * (ms[i + 1] - ms[i])
+        return float(m)
+
+    def _drops(self, ft, ms, axis):
+        "Drop per magnitude of `ms`: overall (n_magnitudes,) on the robustness axis, (n_magnitudes, classes) on the label axis."
+        if axis == 'robustness': return np.array([-self.row(ft.name, m)['affinity'] for m in ms])
+        L, res = self.label, []
+        for m in ms:
+            _, k = self._key(ft.name, m)
+            res.append(np.zeros(self.n_classes) if k is None else _drop_se(L['n'], L['base'][k], L['acc'][k], L['dd'][k])[0])
+        return np.array(res)
+
+    def safe_magnitudes(self, max_drop=0.02, interpolate=False, per_class=False, axis=None):
+        """Per transform, the largest swept magnitude (going out from the neutral one) up to which the drop stays
+        within `max_drop` (a fraction: 0.02 = 2 points); an on/off transform that is not safe gets its neutral
+        value. Robustness axis: the model's accuracy drop (-affinity). Label axis: the label drop (reference
+        trained up to the magnitude, on transformed items, against the clean head on clean ones); `per_class`: a
+        class x transform DataFrame. `interpolate`: linearly where the drop crosses `max_drop`. `axis`: None
+        (this report's `kind`), 'robustness' or 'label'."""
         check_number('max_drop', max_drop, lo=0, hi=1)
         check_bool('interpolate', interpolate)
+        check_bool('per_class', per_class)
+        axis = self._axis(axis)
+        if per_class and axis != 'label':
+            raise CnnTricksError("per_class=True needs the label axis (a report of label_invariance_check)")
         res = {}
-        for ft, ms in self.sweep:
-            rows = [self.row(ft.name, m) for m in ms]  # ms: sorted by severity, neutral first
-            safe, nxt = rows[0], None
-            for r in rows[1:]:
-                if -r['affinity'] > max_drop + 1e-12: nxt = r; break
-                safe = r
-            m = safe['magnitude']
-            if interpolate and ft.continuous and nxt is not None and nxt['affinity'] != safe['affinity']:
-                f = (-max_drop - safe['affinity']) / (nxt['affinity'] - safe['affinity'])
-                m = safe['magnitude'] + f * (nxt['magnitude'] - safe['magnitude'])
-            res[ft.name] = float(m)
-        return res
+        for ft, ms in self.sweep:  # ms: sorted by severity, neutral first
+            d = self._drops(ft, ms, axis)
+            if not per_class:
+                if axis == 'label':
+                    L = self.label
+                    d = np.array([0.] + [(L['base'][k].sum() - L['acc'][k].sum()) / L['n'].sum()
+                                         for k in [self._key(ft.name, m)[1] for m in ms[1:]]])
+                res[ft.name] = self._safe_along(ft, ms, d, max_drop, interpolate)
+            else: res[ft.name] = [self._safe_along(ft, ms, d[:, c], max_drop, interpolate) for c in range(self.n_classes)]
+        return pd.DataFrame(res, index=pd.Index(self.vocab, name='class')) if per_class else res
 
-    def suggest_tfms(self, max_drop=0.02) -> list:
+    def suggest_tfms(self, max_drop=0.02, axis=None) -> list:
         "fastai batch transforms at the safe magnitudes (transforms that are never safe are left out)."
-        return suggested_tfms(self.safe_magnitudes(max_drop), self.tfms)
+        return suggested_tfms(self.safe_magnitudes(max_drop, axis=axis), self.tfms)
 
-    def suggestions(self, max_drop=0.02) -> pd.DataFrame:
+    def suggestions(self, max_drop=0.02, axis=None) -> pd.DataFrame:
         "Per transform safe beyond its neutral magnitude: the safe magnitude, its unit and the fastai transform to train with."
         rows = []
-        for name, m in self.safe_magnitudes(max_drop).items():
+        for name, m in self.safe_magnitudes(max_drop, axis=axis).items():
             t = self.tfms[name].suggest(m)
             if t is not None: rows.append(dict(tfm=name, safe_magnitude=m, unit=self.tfms[name].unit,
                                                train_with=type(t).__name__))
@@ -179,13 +274,20 @@ class InvarianceReport:
 
     # -- text -----------------------------------------------------------------------------------------------------
     def summary(self, max_drop=0.02) -> pd.DataFrame:
-        "Per transform: safe magnitude at `max_drop`, the worst magnitude's accuracy drop, flip rate and top transitions."
-        safe, rows = self.safe_magnitudes(max_drop), []
+        """Per transform: safe magnitude at `max_drop`, the worst magnitude's accuracy drop, flip rate and top
+        transitions (robustness axis); a label report puts the label-safe magnitude, the worst label drop and the
+        colliding pairs first."""
+        safe, rows = self.safe_magnitudes(max_drop, axis='robustness'), []
+        lsafe = self.safe_magnitudes(max_drop, axis='label') if self.label is not None else None
         for ft, ms in self.sweep:
             worst = self.row(ft.name, ms[-1])
-            rows.append(dict(tfm=ft.name, safe_magnitude=safe[ft.name], unit=ft.unit, worst_magnitude=ms[-1],
-                             worst_drop=-worst['affinity'], worst_flip_rate=worst['flip_rate'],
-                             top_transitions=worst['top_transitions']))
+            r = dict(tfm=ft.name)
+            if lsafe is not None:
+                r.update(label_safe_magnitude=lsafe[ft.name], worst_label_drop=worst['label_drop'],
+                         label_collisions=worst['label_collisions'])
+            r.update(safe_magnitude=safe[ft.name], unit=ft.unit, worst_magnitude=ms[-1], worst_drop=-worst['affinity'],
+                     worst_flip_rate=worst['flip_rate'], top_transitions=worst['top_transitions'])
+            rows.append(r)
         return pd.DataFrame(rows)
 
     def worst(self):
@@ -196,5 +298,5 @@ class InvarianceReport:
     def _repr_html_(self): return self.summary()._repr_html_()
 
     def __repr__(self):
-        return (f'InvarianceReport({len(self.tfms)} transforms, {len(self.keys)} magnitudes, {self.n} items, '
+        return (f'InvarianceReport({self.kind}, {len(self.tfms)} transforms, {len(self.keys)} magnitudes, {self.n} items, '
                 f'clean accuracy {self.clean_acc:.3f})')

@@ -1,0 +1,104 @@
+"""The label-preservation measure on real data: scikit-learn's digits and Fashion-MNIST (reduced sweeps and smaller
+references than the defaults, so the file stays fast; the full default sweep's figures are in bench/RESULTS.md)."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from fastai_cnntricks.core import CnnTricksError
+from fastai_cnntricks.data import digits_dls, fashion_mnist_dls, FASHION_MNIST_DIR
+from fastai_cnntricks.invariance import label_invariance_check, InvarianceReport, fold_ids
+
+FAST = dict(epochs=10, progress=False)  # references trained for 10 epochs (default 12)
+SWEEP = {'rotate': [0, 15, 30, 180], 'shift': [0, .1, .2], 'darken': [1, .6, .3]}
+
+
+@pytest.fixture(scope='module')
+def digits(): return digits_dls(size=32, bs=128)
+
+
+@pytest.fixture(scope='module')
+def rep(digits):
+    return label_invariance_check(digits, list(SWEEP), SWEEP, **FAST)
+
+
+def test_report_has_both_axes(rep):
+    assert isinstance(rep, InvarianceReport) and rep.kind == 'label' and rep.n == 1797
+    for col in ('label_acc', 'label_base_acc', 'label_drop', 'label_drop_se', 'label_collisions', 'acc', 'affinity',
+                'flip_rate', 'top_transitions'):
+        assert col in rep.table.columns, col
+    neutral = rep.table[rep.table.magnitude.isin([0, 1]) & (rep.table.tfm == 'rotate')].iloc[0]
+    assert neutral.label_drop == 0 and neutral.affinity == 0
+    assert rep.table.label_base_acc.min() > 0.95  # the clean heads classify clean digits
+
+
+def test_label_preserving_on_digits(rep):
+    safe = rep.safe_magnitudes(max_drop=0.02)
+    assert safe['rotate'] >= 15 and safe['shift'] >= 0.1 and safe['darken'] <= 0.6, rep.table
+    # the robustness of a clean model answers differently: a clean model is not invariant to rotation
+    assert rep.safe_magnitudes(max_drop=0.02, axis='robustness')['rotate'] < 15
+
+
+def test_half_turn_changes_the_label_six_and_nine_collide(rep):
+    assert rep.safe_magnitudes(max_drop=0.02)['rotate'] < 180
+    r180, r30 = rep.row('rotate', 180), rep.row('rotate', 30)
+    assert r180['label_drop'] > 0.1 and r180['label_drop'] > r30['label_drop'] + 5 * r180['label_drop_se'], rep.table
+    pairs = set(zip(*rep.transitions('rotate', 180, top=3)[['true', 'pred']].values.T))
+    assert pairs & {('6', '9'), ('9', '6')}, rep.transitions('rotate', 180)
+    assert '6 → 9' in r180['label_collisions'] or '9 → 6' in r180['label_collisions']
+
+
+def test_per_class_half_turn(rep):
+    ct = rep.class_table()
+    d = ct[(ct.tfm == 'rotate') & (ct.magnitude == 180)].set_index('cls').label_drop
+    assert min(d['6'], d['9']) > max(d['0'], d['1'], d['8']) + 0.2, d
+    per = rep.safe_magnitudes(0.02, per_class=True)
+    assert isinstance(per, pd.DataFrame) and list(per.index) == [str(i) for i in range(10)]
+    assert per.loc['6', 'rotate'] < 180 and per.loc['9', 'rotate'] < 180 and per.loc['0', 'rotate'] == 180, per
+
+
+def test_on_off_transform_that_changes_labels_gets_neutral():
+    # an on/off transform whose drop exceeds the tolerance gets its neutral value (checked on the numbers directly)
+    from fastai_cnntricks.invariance import fixed_tfm
+    ft = fixed_tfm('vflip')
+    assert InvarianceReport._safe_along(ft, [0, 1], np.array([0., .05]), .02, False) == 0
+    assert InvarianceReport._safe_along(ft, [0, 1], np.array([0., .01]), .02, False) == 1
+
+
+def test_robustness_report_keeps_its_api(rep):
+    assert rep.safe_magnitudes(axis='robustness').keys() == rep.safe_magnitudes().keys()
+    t = rep.transitions('rotate', 180, axis='robustness')
+    assert list(t.columns) == ['true', 'pred', 'count', 'of_class', 'of_flips']
+    s = rep.summary()
+    assert {'label_safe_magnitude', 'safe_magnitude', 'label_collisions'} <= set(s.columns)
+
+
+@pytest.mark.skipif(not FASHION_MNIST_DIR.exists(), reason='needs apt-get install dataset-fashion-mnist')
+def test_fashion_hflip_preserves_the_label():
+    dls = fashion_mnist_dls(size=28, n_per_class=150, n_valid=500, bs=128)
+    r = label_invariance_check(dls, ['hflip'], **FAST)
+    assert r.n == 2000
+    assert r.safe_magnitudes(0.02)['hflip'] == 1, r.table
+    assert r.safe_magnitudes(0.02, axis='robustness')['hflip'] == 0  # a clean model is not mirror-invariant
+
+
+def test_folds_are_stratified():
+    y = np.repeat(np.arange(3), [10, 11, 5])
+    f = fold_ids(y, 2, seed=0)
+    for c in range(3): assert abs((f[y == c] == 0).sum() - (f[y == c] == 1).sum()) <= 1
+
+
+def test_bad_inputs(digits, rep):
+    kw = dict(tfms='rotate', magnitudes=[0, 10], progress=False)
+    for bad, match in ((dict(epochs=0), 'epochs'), (dict(size=4), 'size'), (dict(n_folds=1), 'n_folds'),
+                       (dict(lr=-1), 'lr'), (dict(fill_mode='edge'), 'fill_mode'), (dict(n_items=0), 'n_items'),
+                       (dict(progress='yes'), 'progress'), (dict(learn='model'), 'learn'),
+                       (dict(bs=2000), 'bs'), (dict(tfms='twist'), 'not a known transform'),
+                       (dict(magnitudes=[400]), 'rotate'), (dict(width=0), 'width')):
+        with pytest.raises(CnnTricksError, match=match): label_invariance_check(digits, **{**kw, **bad})
+    with pytest.raises(CnnTricksError, match='DataLoaders'): label_invariance_check([1, 2], **kw)
+    with pytest.raises(CnnTricksError, match='n_folds'): label_invariance_check(digits, n_items=12, bs=4, **kw)
+    with pytest.raises(CnnTricksError, match='axis'): rep.safe_magnitudes(axis='model')
+    with pytest.raises(CnnTricksError, match='magnitude'): rep.transitions('rotate', 45)
+    with pytest.raises(CnnTricksError, match='label axis'):
+        InvarianceReport(rep.sweep, rep.keys, rep.stats, rep.ys, rep.clean_preds, rep.flips).safe_magnitudes(
+            per_class=True)
