@@ -174,6 +174,7 @@ CASES = [
     ('occlusion_attribution x nan', lambda L: occlusion_attribution(L.model, X() * NAN), 'x'),
     ('occlusion_attribution x channels', lambda L: occlusion_attribution(L.model, torch.rand(1, 1, SIZE, SIZE)), 'x'),
     ('occlusion_attribution stats', lambda L: occlusion_attribution(L.model, X(), stats='imagenet'), 'stats'),
+    ('occlusion_attribution stats 2 values', lambda L: occlusion_attribution(L.model, X(), stats=(torch.zeros(2), torch.ones(2))), 'stats'),
     ('faithfulness attr shape', lambda L: faithfulness_curves(L.model, X(), torch.rand(3, 3), 0, torch.zeros(1)), 'attr'),
     ('faithfulness steps 0', lambda L: faithfulness_curves(L.model, X(), torch.rand(SIZE, SIZE), 0, torch.zeros(1), steps=0), 'steps'),
     ('faithfulness region 0', lambda L: faithfulness_curves(L.model, X(), torch.rand(SIZE, SIZE), 0, torch.zeros(1), region=0), 'region'),

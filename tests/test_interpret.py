@@ -480,3 +480,14 @@ def test_tuned_batches_cover_every_window_once_and_keep_the_fastest():
     assert len({len(p) for p, _ in got[3:]}) <= 2  # equal batches, no small last one
     fixed = list(tuned_batches(pos, paths, batch_size=7))
     assert [len(p) for p, _ in fixed] == [7] * 32 + [1] and all(f is slow_each for _, f in fixed)
+
+
+def test_occlusion_takes_stats_of_one_value_or_one_per_channel_for_any_channel_count():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(4, 3)).eval()
+    x = torch.rand(1, 1, 24, 24)
+    for stats in [(torch.tensor([0.5]), torch.tensor([0.25])), (torch.zeros(1, 1, 1, 1), torch.ones(1, 1, 1, 1))]:
+        attr, _, _ = occlusion_attribution(model, x, window=8, stride=8, baseline='black', stats=stats, progress=False)
+        assert attr.shape == (24, 24) and torch.isfinite(attr).all()
+    with pytest.raises(CnnTricksError, match='1-channel'):
+        occlusion_attribution(model, x, stats=(torch.zeros(3), torch.ones(3)), progress=False)

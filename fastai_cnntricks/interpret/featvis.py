@@ -42,10 +42,7 @@ def _check_render_args(*, n, size, steps, param, decorrelate, transforms, lr, st
     check_count('n', n); check_image_size('size', size, least=MIN_SIZE); check_count('steps', steps)
     check_param(param); check_bool('decorrelate', decorrelate); get_transforms(transforms)
     check_positive('lr', lr); check_seed('seed', seed)
-    if channels == 3: check_stats(stats)
-    elif stats is not None and any(s.numel() not in (1, channels) for s in stats):
-        raise CnnTricksError(f"stats of {[s.numel() for s in stats]} values do not fit a {channels}-channel model; "
-                             f"pass None or (mean, std) tensors of 1 or {channels} values")
+    check_stats(stats, channels)
     check_bool('progress', progress); check_bool('channels_last', channels_last)
 
 

@@ -56,12 +56,14 @@ def check_finite(name: str, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def check_stats(stats):
-    "None, or a (mean, std) pair of finite tensors broadcastable to (1, 3, 1, 1)."
+def check_stats(stats, channels: int = 3):
+    "None, or a (mean, std) pair of finite tensors of 1 or `channels` values each (broadcastable to (1, C, 1, 1))."
     if stats is None: return None
     ok = (isinstance(stats, (tuple, list)) and len(stats) == 2 and all(isinstance(s, torch.Tensor) for s in stats))
-    if not ok or any(s.numel() not in (1, 3) for s in stats):
-        raise CnnTricksError(f"stats={stats!r} is not valid; pass None or (mean, std) tensors of shape (1, 3, 1, 1)")
+    if not ok or any(s.numel() not in (1, channels) for s in stats):
+        what = f"{[s.numel() for s in stats]} values" if ok else repr(stats)
+        raise CnnTricksError(f"stats of {what} do not fit a {channels}-channel model; pass None or (mean, std) "
+                             f"tensors of 1 or {channels} values, e.g. of shape (1, {channels}, 1, 1)")
     check_finite('stats', torch.cat([s.flatten().float() for s in stats]))
     if bool((stats[1] == 0).any()): raise CnnTricksError("stats has a std of 0; pass a positive std")
     return stats

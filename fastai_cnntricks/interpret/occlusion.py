@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt
 
 from ..core import (CnnTricksError, check_bool, check_choice, check_count, check_int, check_number, check_type,
                     model_device, preserve_model)
-from ._occlusion import batch_ladder, inference_copy, tuned_batches, window_forward
+from ._occlusion import activation_bytes, batch_ladder, inference_copy, tuned_batches, window_forward
 from .inputs import (check_finite, check_stats, first_conv, image_batch, input_stats, model_dtype, to_display,
                      usable_model)
 from .memformat import memory_format, memory_format_for
@@ -78,19 +78,11 @@ def _score(logits, target, output):
     return (logits.float().softmax(1) if output == 'prob' else logits.float())[:, target]
 
 
-def auto_batch_size(model, x, cap=None) -> int:
-    """The largest batch that fits the memory at hand (activation bytes per image, measured by hooks, vs free
-    memory), at most `cap` (default: the largest batch `tuned_batches` tries on the device)."""
+def auto_batch_size(model, x, cap=None, per_image=None) -> int:
+    """The largest batch that fits the memory at hand (activation bytes per image, measured by hooks unless given as
+    `per_image`, vs free memory), at most `cap` (default: the largest batch `tuned_batches` tries on the device)."""
     dev = x.device
-    sizes = []
-    hooks = [m.register_forward_hook(lambda m, i, o: sizes.append(o.numel() * o.element_size()
-                                                               if isinstance(o, torch.Tensor) else 0))
-             for m in model.modules() if next(m.children(), None) is None]
-    try:
-        with torch.no_grad(): model(x)
-    finally:
-        for h in hooks: h.remove()
-    per_image = max(sum(sizes), 1)
+    if per_image is None: per_image = activation_bytes(model, x)[1]
     if dev.type == 'cuda': free = torch.cuda.mem_get_info(dev)[0]
     else:
         try: free = next(int(l.split()[1]) * 1024 for l in open('/proc/meminfo') if l.startswith('MemAvailable'))
@@ -99,16 +91,16 @@ def auto_batch_size(model, x, cap=None) -> int:
     return int(max(1, min(cap, free // 4 // per_image)))
 
 
-def occlusion_drops(model, x, base, settings: OcclusionSettings, todo=None, progress=True):
+def occlusion_drops(model, x, base, settings: OcclusionSettings, todo=None, progress=True, score=None):
     """Target score of `x` minus that with each window replaced by `base`; -> (score of x, drops (nh, nw)).
     `todo` (nh, nw) bool: evaluate only these windows (others are NaN). Windows go through `window_forward`
     (with `settings.incremental` the opening layers are computed only around each window: `model` must be a
-    throw-away copy)."""
+    throw-away copy). `score`: the target score of `x`, where the caller has it."""
     window, stride, target, output, batch_size, channels_last, incremental, max_batch = settings
     _, c, h, w = x.shape
     ys, xs = window_starts(h, window[0], stride[0]).to(x.device), window_starts(w, window[1], stride[1]).to(x.device)
     with torch.no_grad():
-        score = _score(model(_in_format(x, channels_last)), target, output)[0]
+        if score is None: score = _score(model(_in_format(x, channels_last)), target, output)[0]
         todo = torch.ones(len(ys), len(xs), dtype=torch.bool, device=x.device) if todo is None else todo.to(x.device)
         pos = todo.nonzero()
         drops = torch.full((len(ys), len(xs)), float('nan'), device=x.device)
@@ -193,15 +185,15 @@ def _coarse_windows(nh, nw):
     return ((iy % 2 == 0) | (iy == nh - 1)) & ((ix % 2 == 0) | (ix == nw - 1))
 
 
-def _refined_drops(model, x, base, settings, *, refine, n_windows, progress):
+def _refined_drops(model, x, base, settings, *, refine, n_windows, progress, score=None):
     "Coarse-to-fine: the coarse windows, then those whose evaluated neighbours differ by > `refine` x the range."
     coarse = _coarse_windows(*n_windows)
-    score, drops = occlusion_drops(model, x, base, settings, todo=coarse, progress=progress)
+    score, drops = occlusion_drops(model, x, base, settings, todo=coarse, progress=progress, score=score)
     done = coarse.to(drops.device)
     est, spread = _refine_estimate(drops, done)
     todo = ~done & (spread > refine * (drops[done].max() - drops[done].min()))
     if todo.any():
-        _, fine = occlusion_drops(model, x, base, settings, todo=todo, progress=False)
+        _, fine = occlusion_drops(model, x, base, settings, todo=todo, progress=False, score=score)
         drops = torch.where(todo, fine, drops)
     return score, torch.where(torch.isnan(drops), est, drops)
 
@@ -218,26 +210,27 @@ def occlusion_attribution(model, x, target=None, window=16, stride=8, baseline=0
     flags = dict(channels_last=channels_last, progress=progress, fold_bn=fold_bn, incremental=incremental)
     window, stride = _check_settings(target=target, window=window, stride=stride, output=output,
                                      batch_size=batch_size, refine=refine, flags=flags)
-    check_stats(stats)
     x = _check_input(usable_model(model), x)
+    check_stats(stats, channels=x.shape[1])
     _check_window_fits(window, x)
     base = occlusion_baseline(x, baseline, stats=stats, window=window[0])
     _, _, h, w = x.shape
     with preserve_model(model), torch.no_grad():
-        model = inference_copy(model, x, channels_last=channels_last, fold_bn=fold_bn)
-        logits = model(_in_format(x, channels_last))
+        # one probing pass of the copy gives the target, its score and the memory a window costs
+        model, logits, per_image = inference_copy(model, x, channels_last=channels_last, fold_bn=fold_bn, probe=True)
         n_out = logits.shape[1]
         if target is None: target = int(logits.argmax(1)[0])
         elif int(target) >= n_out:
             raise CnnTricksError(f"target={target!r} is not valid; pass a class index 0..{n_out - 1} or None")
         settings = OcclusionSettings(window, stride, int(target), output=output,
                                      batch_size=batch_size, channels_last=channels_last, incremental=incremental,
-                                     max_batch=auto_batch_size(model, _in_format(x, channels_last)) if batch_size is None
+                                     max_batch=auto_batch_size(model, x, per_image=per_image) if batch_size is None
                                      else batch_size)
+        score = _score(logits, settings.target, output)[0]
         nh, nw = len(window_starts(h, window[0], stride[0])), len(window_starts(w, window[1], stride[1]))
-        if refine is None: score, drops = occlusion_drops(model, x, base, settings, progress=progress)
+        if refine is None: score, drops = occlusion_drops(model, x, base, settings, progress=progress, score=score)
         else: score, drops = _refined_drops(model, x, base, settings, refine=refine, n_windows=(nh, nw),
-                                            progress=progress)
+                                            progress=progress, score=score)
     return drops_to_map(drops, (h, w), window, stride).cpu(), settings.target, float(score)
 
 

@@ -13,7 +13,7 @@ from torch import nn
 
 from ..memformat import memory_format_for
 
-__all__ = ['set_module', 'fold_batchnorms', 'inference_copy']
+__all__ = ['set_module', 'fold_batchnorms', 'inference_copy', 'activation_bytes']
 
 
 def _after_bn(bn):
@@ -24,8 +24,13 @@ def _after_bn(bn):
     return None  # a BatchNorm subclass whose forward we do not know: left alone
 
 
+def _has_foldable(model):
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and _after_bn(m) is not None for m in model.modules())
+
+
 def _conv_bn_pairs(model, x):
-    "(conv, bn name) for each BatchNorm whose input is exactly a Conv2d's output, found in one traced forward pass."
+    """(conv, bn name) for each BatchNorm whose input is exactly a Conv2d's output, found in one traced forward pass;
+    -> (pairs, the model's output on `x`)."""
     outputs, pairs, hooks = {}, [], []  # outputs keeps each conv output alive, so no id is reused mid-pass
     names = {m: n for n, m in model.named_modules()}
     for m in model.modules():
@@ -35,14 +40,27 @@ def _conv_bn_pairs(model, x):
             hooks.append(m.register_forward_pre_hook(
                 lambda mod, i: pairs.append((outputs.get(id(i[0]), (None,))[0], names[mod])) if i else None))
     try:
-        with torch.no_grad(): model(x)
+        with torch.no_grad(): out = model(x)
     finally:
         for h in hooks: h.remove()
     seen, res = set(), []
     for conv, name in pairs:
         if conv is None or id(conv) in seen: continue  # not after a conv, or a conv shared by several norms
         seen.add(id(conv)); res.append((conv, name))
-    return res
+    return res, out
+
+
+def activation_bytes(model, x):
+    "One no-grad forward of `x` that also counts the bytes of every leaf module's output -> (output, bytes per image)."
+    sizes = []
+    hooks = [m.register_forward_hook(lambda m, i, o: sizes.append(o.numel() * o.element_size()
+                                                               if isinstance(o, torch.Tensor) else 0))
+             for m in model.modules() if next(m.children(), None) is None]
+    try:
+        with torch.no_grad(): out = model(x)
+    finally:
+        for h in hooks: h.remove()
+    return out, max(sum(sizes) // max(len(x), 1), 1)
 
 
 def set_module(model, name, new):
@@ -51,10 +69,7 @@ def set_module(model, name, new):
     setattr(model.get_submodule(parent) if parent else model, leaf, new)
 
 
-@torch.no_grad()
-def fold_batchnorms(model: nn.Module, x: torch.Tensor) -> int:
-    "Fold, in place, every eval-mode BatchNorm fed directly by a Conv2d into it; returns how many were folded."
-    pairs = _conv_bn_pairs(model, x)
+def _fold(model, pairs):
     for conv, name in pairs:
         bn = model.get_submodule(name)
         scale = bn.weight / torch.sqrt(bn.running_var + bn.eps) if bn.affine else 1 / torch.sqrt(bn.running_var + bn.eps)
@@ -67,24 +82,36 @@ def fold_batchnorms(model: nn.Module, x: torch.Tensor) -> int:
     return len(pairs)
 
 
+@torch.no_grad()
+def fold_batchnorms(model: nn.Module, x: torch.Tensor) -> int:
+    "Fold, in place, every eval-mode BatchNorm fed directly by a Conv2d into it; returns how many were folded."
+    return _fold(model, _conv_bn_pairs(model, x)[0]) if _has_foldable(model) else 0
+
+
 def inference_copy(model: nn.Module, x: torch.Tensor, *, channels_last: bool = True, fold_bn: bool = True,
-                   rtol: float = 1e-4) -> nn.Module:
+                   rtol: float = 1e-4, probe: bool = False):
     """An eval-mode deep copy of `model` for repeated no-grad inference on inputs like `x`: channels-last if asked
     and BatchNorms folded into their convolutions. Falls back to an unfolded copy when the folded one's output on
-    `x` differs from the original's by more than `rtol` of its scale (e.g. a conv output also used elsewhere)."""
+    `x` differs from the original's by more than `rtol` of its scale (e.g. a conv output also used elsewhere).
+    With `probe`, -> (copy, its output on `x`, activation bytes per image): the check's own forward pass, so a caller
+    needing the logits and the memory a window costs runs no pass of its own (they dominate small images)."""
     fmt = memory_format_for(channels_last)
 
     def fresh():
         m = copy.deepcopy(model).eval().to(memory_format=fmt)
         for p in m.parameters(): p.requires_grad_(False)
         return m
-    m = fresh()
-    if not fold_bn or x.dim() != 4: return m
-    xi = x.contiguous(memory_format=fmt)
-    with torch.no_grad(): ref = m(xi)
-    if not fold_batchnorms(m, xi): return m
+
+    def done(m):
+        return (m, *activation_bytes(m, xi)) if probe else m
+    m, xi = fresh(), x.contiguous(memory_format=fmt)
+    if not fold_bn or x.dim() != 4 or not _has_foldable(m): return done(m)
+    pairs, ref = _conv_bn_pairs(m, xi)
+    if not pairs: return done(m)
+    _fold(m, pairs)
     m = m.to(memory_format=fmt)
-    with torch.no_grad(): out = m(xi)
+    out, per_image = activation_bytes(m, xi)
     ok = (isinstance(ref, torch.Tensor) and isinstance(out, torch.Tensor) and out.shape == ref.shape
           and bool((out - ref).abs().max() <= rtol * ref.abs().max().clamp_min(1e-6)))
-    return m if ok else fresh()
+    if not ok: return done(fresh())
+    return (m, out, per_image) if probe else m
