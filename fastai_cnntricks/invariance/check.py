@@ -1,4 +1,12 @@
-"""The label-invariance check: how much may an augmentation change an example before its label changes?
+"""The robustness check of one model: how much do *this model's* predictions change under each transform?
+
+Which function answers which question:
+  * `learn.invariance_check()` (here): robustness of the given model. With a model trained without augmentation
+    it flags transforms the model never saw (a shifted 3, a mirrored shirt), not transforms that change labels.
+  * `label_invariance_check(dls)` (`label.py`): does the *label* survive the transform, per class? References
+    allowed to learn the invariance answer it; its report shows both axes (`kind='label'`).
+  * `assert_label_invariant(learn, ...)`: a test-suite guard on the robustness axis (at most `max_flip_rate` of
+    this model's predictions change).
 
 `learn.invariance_check()` sweeps each transform over fixed magnitudes on the validation set and measures, per
 (transform, magnitude): accuracy and **affinity** (augmented - clean accuracy, Gontijo-Lopes et al. 2020), the
@@ -45,7 +53,8 @@ def invariance_check(self: Learner,
                      progress=True,  # show a fastprogress bar
                      seed=0,  # seed of the random transforms (noise), per batch
                      keep_flips=32):  # flipped items remembered per (transform, magnitude) for `show_flips`
-    "Sweep each transform over fixed magnitudes on `dl` and measure accuracy, affinity, flip rate, JS divergence and class transitions."
+    """Robustness of this model: sweep each transform over fixed magnitudes on `dl` and measure accuracy, affinity,
+    flip rate, JS divergence and class transitions (whether labels survive: `label_invariance_check`)."""
     # every argument is checked before the data is read or the model touched
     dl = _check_dl(self.dls.valid if dl is None else dl)
     check_count('n_items', n_items, allow_none=True)
@@ -67,7 +76,7 @@ def invariance_check(self: Learner,
 
 
 def assert_label_invariant(learn, tfm, magnitude, max_flip_rate=0.02, dl=None, n_items=None):
-    "Raise `AssertionError` (listing the top class transitions) unless at most `max_flip_rate` of the predictions change under `tfm` at `magnitude`."
+    "Raise `AssertionError` (listing the top class transitions) unless at most `max_flip_rate` of this model's predictions change under `tfm` at `magnitude` (robustness, not label survival)."
     check_type('learn', learn, Learner, 'a fastai Learner')
     check_fraction('max_flip_rate', max_flip_rate, allow_one=True)
     ft = fixed_tfm(tfm)
