@@ -216,7 +216,7 @@ class InvarianceReport:
 
     # -- pictures -------------------------------------------------------------------------------------------------
     def plot(self, tfms=None, max_drop=0.02, figsize=None):
-        """Affinity and flip rate against magnitude, one line per transform. Magnitudes have different units, so
+        """Affinity (a label report: minus the label drop) and flip rate against magnitude, one line per transform. Magnitudes have different units, so
         the x axis is each transform's position in its own sweep (0 = neutral, 1 = its largest magnitude)."""
         if isinstance(tfms, str): tfms = [tfms]
         names = list(self.tfms) if tfms is None else [self._name(t) for t in tfms]
@@ -229,11 +229,14 @@ class InvarianceReport:
             x = sev / max(sev.max(), 1e-12)
             lbl = f"{nm} (max {_magnitude_text(df.magnitude.iloc[-1])}{self.tfms[nm].unit and ' ' + self.tfms[nm].unit})"
             ls = '-' if i < 10 else '--'
-            a1.plot(x, df.affinity * 100, ls, marker='o', ms=3, label=lbl)
+            a1.plot(x, (-df.label_drop if self.kind == 'label' else df.affinity) * 100, ls, marker='o', ms=3, label=lbl)
             a2.plot(x, df.flip_rate * 100, ls, marker='o', ms=3, label=lbl)
         if max_drop is not None: a1.axhline(-max_drop * 100, color='k', lw=.8, ls=':', label=f'-{max_drop:.0%} drop')
-        a1.set(xlabel='magnitude (fraction of the sweep)', ylabel='affinity (points)',
-               title=f'affinity = augmented - clean accuracy (clean {self.clean_acc:.1%})')
+        if self.kind == 'label':
+            a1.set(xlabel='magnitude (fraction of the sweep)', ylabel='- label drop (points)',
+                   title='label axis: reference allowed to learn the invariance')
+        else: a1.set(xlabel='magnitude (fraction of the sweep)', ylabel='affinity (points)',
+                     title=f'affinity = augmented - clean accuracy (clean {self.clean_acc:.1%})')
         a2.set(xlabel='magnitude (fraction of the sweep)', ylabel='flip rate (%)', title='predictions changed')
         for a in (a1, a2): a.grid(alpha=.3)
         a2.legend(fontsize=7, loc='center left', bbox_to_anchor=(1, .5))
