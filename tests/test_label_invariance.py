@@ -3,6 +3,7 @@ references than the defaults, so the file stays fast; the full default sweep's f
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from fastai_cnntricks.core import CnnTricksError
 from fastai_cnntricks.data import digits_dls, fashion_mnist_dls, FASHION_MNIST_DIR
@@ -107,3 +108,14 @@ def test_bad_inputs(digits, rep):
 def test_plot_shows_the_label_axis(rep):
     fig = rep.plot()
     assert 'label' in fig.axes[0].get_title() and len(fig.axes[0].lines) >= 3
+
+
+def test_learn_gives_the_robustness_axis(digits):
+    from torch import nn
+    from fastai.vision.all import Learner, CrossEntropyLossFlat
+    learn = Learner(digits, nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10)), loss_func=CrossEntropyLossFlat())
+    sd = {k: v.clone() for k, v in learn.model.state_dict().items()}
+    r = label_invariance_check(digits, 'hflip', learn=learn, n_items=600, epochs=4, progress=False)
+    assert r.n == len(digits.valid_ds) and r.label['n'].sum() == 600  # robustness: the learner's validation set
+    assert 'Sequential' in r.robustness_model
+    assert all(torch.equal(v, learn.model.state_dict()[k]) for k, v in sd.items())
