@@ -24,9 +24,6 @@ def photo(name, size):
     return (x - 0.5) / 0.5
 
 
-def flower_224(): return photo('flower.jpg', 224)
-
-
 # china.jpg (a temple by a lake): measured top-5s at native size are all buildings by the water
 CHINA_PLAUSIBLE = {442, 449, 460, 483, 497, 538, 663, 668, 698, 825, 832, 900, 975}  # bell cote ... palace, stupa, lakeside
 # flower.jpg is a pompon dahlia (no ImageNet class): Lite0 and Lite1 call it a daisy (985); Lite2 sees its tight petal
@@ -46,15 +43,19 @@ def test_embedded_weights_are_real(arch):
     assert flower.argmax().item() == FLOWER_TOP1[arch], names(flower.argmax().item())
 
 
-def test_auto_means_embedded_for_lite0_and_random_init_is_not_daisy():
-    x = flower_224()
-    auto = create_timm_model('tf_efficientnet_lite0').eval()
+def test_random_weights_fail_the_photo_check():
     torch.manual_seed(0)
-    rand = create_timm_model('tf_efficientnet_lite0', pretrained=False).eval()
-    with torch.no_grad():
-        assert auto(x).argmax().item() == 985
-        assert not torch.allclose(auto(x), rand(x))
+    model = create_timm_model('tf_efficientnet_lite0', pretrained=False).eval()
+    with torch.no_grad(): flower, china = model(torch.cat([photo('flower.jpg', 224), photo('china.jpg', 224)]))
+    assert not set(china.topk(5).indices.tolist()) <= CHINA_PLAUSIBLE and flower.argmax().item() != 985
+
+
+def test_auto_means_embedded_where_installed():
     assert all(resolve_pretrained(a, 'auto') == 'embedded' for a in EMBEDDED_ARCHS)
+    assert resolve_pretrained('resnet10t', 'auto') is False
+    auto = create_timm_model('tf_efficientnet_lite0')
+    sd = torch.load(embedded_weights_file(), map_location='cpu', weights_only=True)
+    assert torch.equal(auto.blocks[6][0].conv_pwl.weight, sd['_blocks.15._project_conv.weight'])
 
 
 @pytest.mark.parametrize('arch, size', [('tf_efficientnet_lite0', 224), ('tf_efficientnet_lite1', 240),
