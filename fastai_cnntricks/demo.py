@@ -19,7 +19,7 @@ from .invariance import quick_invariance_check
 from .reference import reference_learner
 from .report import (write_report, metrics_section, training_section, groups_section, schedule_section,
                      augmentation_section, invariance_section, suggestion_texts, interpretation_section,
-                     confusion_section)
+                     attribution_section, confusion_section)
 
 __all__ = ['demo_dls', 'run_demo', 'DEMO_SECTIONS']
 
@@ -36,6 +36,7 @@ DEMO_SECTIONS = [
     lambda run: invariance_section(run.inv, max_drop=MAX_DROP,
                                    title='Label invariance (reference model: resnet10t from scratch, before training)'),
     lambda run: interpretation_section(run.learn),
+    lambda run: attribution_section(run.learn),
     lambda run: confusion_section(run.learn),
 ]
 

@@ -70,10 +70,12 @@ def test_demo_writes_report(tmp_path):
     assert rc == 0
     page = (out/'index.html').read_text()
     for title in ('Final metrics', 'Training', 'Parameter groups', 'Schedule', 'Augmentation', 'Label invariance',
-                  'Interpretation', 'Confusion matrix'):
+                  'Interpretation', 'Attribution maps', 'Confusion matrix'):
         assert f'<h2>{title}' in page
     assert page.count('<img') >= 10  # curves, schedule, augmentation, invariance, filters, maps, units, occlusion
-    for sid in ('schedule', 'augmentation', 'invariance', 'interpretation'): assert f'<section id="{sid}">' in page
+    for sid in ('schedule', 'augmentation', 'invariance', 'interpretation', 'attribution'):
+        assert f'<section id="{sid}">' in page
+    assert 'gradcam: deletion ' in page and 'Sanity check' in page  # the verdicts and the randomization test
     assert 'peak LR (during training)' in page  # not only the annealed end-of-training LR
     assert "{'p'" not in page and '(enc:' not in page  # transforms by name and magnitude, not raw fastai reprs
     m = json.loads((out/'metrics.json').read_text())

@@ -172,3 +172,15 @@ def test_invariance_section_names_and_magnitudes(dls):
         assert f'<li>{t}</li>' in html
     assert "{'p'" not in html and 'enc:' not in html  # no raw fastai reprs
     with pytest.raises(CnnTricksError, match='rep='): invariance_section('report')
+
+
+# ---- the attribution section's verdicts ---------------------------------------------------------------------------
+def test_faithfulness_verdicts_need_twice_the_paired_standard_error():
+    import pandas as pd
+    from fastai_cnntricks.report import faithfulness_verdicts
+    t = pd.DataFrame(dict(deletion_gain_vs_random=[0.1, -0.1, 0.], deletion_gain_se=[0.02, 0.02, 0.],
+                          insertion_gain_vs_random=[0.03, 0.2, 0.], insertion_gain_se=[0.02, 0.05, 0.]),
+                     index=pd.Index(['a', 'b', 'random'], name='method'))
+    assert faithfulness_verdicts(t) == [
+        'a: deletion better than random (+0.100 ± 0.020); insertion not distinguishable from random (+0.030 ± 0.020)',
+        'b: deletion worse than random (-0.100 ± 0.020); insertion better than random (+0.200 ± 0.050)']
