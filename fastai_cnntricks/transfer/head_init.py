@@ -31,8 +31,10 @@ def train_features(learn: Learner, dl=None, max_batches: int | None = None):
     clf, feats = classifier_layer(model), []
     if dl is None:
         dl = learn.dls.train
-        dl = dl.new(shuffle=False, drop_last=False,
-                    after_batch=[t for t in dl.after_batch.fs if not isinstance(t, RandTransform)])
+        if type(dl).__name__ == 'DistributedDL': dl = dl.dl  # every rank fits the same probe on the whole training set
+        fs = getattr(dl.after_batch, 'fs', None)  # a Pipeline; a plain TfmdDL may hold a bare function (no random tfms to drop)
+        extra = {} if fs is None else dict(after_batch=[t for t in fs if not isinstance(t, RandTransform)])
+        dl = dl.new(shuffle=False, drop_last=False, **extra)
     ys = []
     with preserve_model(model), torch.no_grad():
         model.eval()
