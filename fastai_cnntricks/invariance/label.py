@@ -103,7 +103,7 @@ def label_invariance_check(dls,  # fastai DataLoaders (all items of train and va
     kw = dict(epochs=epochs, bs=bs, lr=lr, width=width, seed=seed)
     todo = [(ft, ms) for ft, ms in sweep] + ([None] if learn is None else [])
     parts, clean_nets = [], []
-    for job in progress_bar(todo, display=progress, leave=False):
+    for job in (progress_bar(todo, leave=False) if progress else todo):  # fastprogress prints even with display=False
         if job is None:  # the clean reference of the robustness axis: one per fold
             clean_nets = [train_reference(x[torch.as_tensor(folds != f)], y[torch.as_tensor(folds != f)], C,
                                           **{**kw, 'seed': seed + f}) for f in range(n_folds)]
