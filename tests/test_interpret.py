@@ -491,3 +491,26 @@ def test_occlusion_takes_stats_of_one_value_or_one_per_channel_for_any_channel_c
         assert attr.shape == (24, 24) and torch.isfinite(attr).all()
     with pytest.raises(CnnTricksError, match='1-channel'):
         occlusion_attribution(model, x, stats=(torch.zeros(3), torch.ones(3)), progress=False)
+
+
+def test_light_copy_shares_storage_but_changes_to_the_copy_leave_the_model_as_found():
+    import timm
+    from fastai_cnntricks.interpret._occlusion.inference_copy import light_copy, set_module
+    from test_bad_input_interpret import full_state, assert_same_state
+    model = timm.create_model('resnet10t', pretrained=False, num_classes=3).eval()
+    model.fc = nn.Linear(256, 3)  # ... which this head takes (the check is what happens to `model`, not the copy's output)
+    model.fc.weight = model.fc.weight  # a parameter reached twice stays one parameter in the copy
+    seen = []
+    model.layer1.register_forward_hook(lambda *a: seen.append('user'))
+    before = full_state(model)
+    c = light_copy(model)
+    assert c.conv1[0].weight.data_ptr() == model.conv1[0].weight.data_ptr()  # nothing was copied
+    c.layer2.register_forward_hook(lambda *a: seen.append('copy'))
+    set_module(c, 'layer4', nn.Identity())  # the head's pooling then sees layer3's 256 channels...
+    c.bn1.running_mean = torch.zeros_like(c.bn1.running_mean)
+    c.to(memory_format=torch.channels_last).train()
+    for p in c.parameters(): p.requires_grad_(False)
+    with torch.no_grad(): c(torch.rand(1, 3, 32, 32).contiguous(memory_format=torch.channels_last))
+    assert seen == ['user', 'copy']  # the user's hooks run in the copy too, as in a deep copy
+    assert_same_state(before, full_state(model))
+    assert isinstance(model.layer4, nn.Sequential) and not model.layer2._forward_hooks

@@ -13,7 +13,7 @@ from torch import nn
 
 from ..memformat import memory_format_for
 
-__all__ = ['set_module', 'fold_batchnorms', 'inference_copy', 'activation_bytes']
+__all__ = ['set_module', 'light_copy', 'fold_batchnorms', 'inference_copy', 'activation_bytes']
 
 
 def _after_bn(bn):
@@ -63,6 +63,30 @@ def activation_bytes(model, x):
     return out, max(sum(sizes) // max(len(x), 1), 1)
 
 
+def light_copy(model: nn.Module) -> nn.Module:
+    """A copy of the module tree that shares the parameters' storage (buffers are cloned): each module and each
+    parameter is a new object, and so are their dicts (children, parameters, buffers, hooks), so replacing a child, a parameter, a buffer or a
+    hook in the copy, or converting its memory format, leaves `model` as it is. A deep copy would copy every weight
+    first: on small images that costs as much as the occluded windows' forward passes (bench/RESULTS.md)."""
+    memo = {}
+
+    def param(p):
+        if p is None: return None
+        if id(p) not in memo: memo[id(p)] = nn.Parameter(p.detach(), requires_grad=p.requires_grad)
+        return memo[id(p)]
+
+    def module(m):
+        if id(m) in memo: return memo[id(m)]
+        c = memo[id(m)] = copy.copy(m)
+        for k, v in vars(m).items():
+            if isinstance(v, (dict, set)): c.__dict__[k] = copy.copy(v)
+        c._parameters = {k: param(p) for k, p in m._parameters.items()}
+        c._buffers = {k: None if b is None else b.clone() for k, b in m._buffers.items()}  # small; a train-mode
+        c._modules = {k: None if s is None else module(s) for k, s in m._modules.items()}  # pass updates them in place
+        return c
+    return module(model)
+
+
 def set_module(model, name, new):
     "Replace the submodule of `model` called `name` (dotted) by `new`."
     parent, _, leaf = name.rpartition('.')
@@ -98,7 +122,7 @@ def inference_copy(model: nn.Module, x: torch.Tensor, *, channels_last: bool = T
     fmt = memory_format_for(channels_last)
 
     def fresh():
-        m = copy.deepcopy(model).eval().to(memory_format=fmt)
+        m = light_copy(model).eval().to(memory_format=fmt)
         for p in m.parameters(): p.requires_grad_(False)
         return m
 
