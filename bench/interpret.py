@@ -1,6 +1,8 @@
 """Benchmark the interpretation wing against its anchors, side by side in one run:
 occlusion_map vs captum.attr.Occlusion (several perturbations_per_eval) vs the bare batched forward passes of the same
 windows, over sizes x architectures, and
+Grad-CAM vs captum's LayerGradCam vs one forward + backward pass (per image and per batch of 64) and the sanity
+check's cost (bench/attribution.py's rows, run here on the same machine state), and
 maximize_unit vs Lucent's render_vis (torch-lucent 0.1.8, when importable), plus several units in one call.
 
     .venv/bin/python bench/interpret.py [--quick] [--device cpu|cuda]
@@ -17,6 +19,7 @@ from fastai_cnntricks.interpret import occlusion_attribution, window_starts, ren
 from fastai_cnntricks.interpret.featvis_objectives import channel
 from fastai_cnntricks.interpret._occlusion import inference_copy, window_forward
 from machine import results_table  # noqa: E402
+from attribution import bench_grad_cam, bench_sanity  # noqa: E402  (Grad-CAM rows, in this run)
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
@@ -142,6 +145,9 @@ def main():
                     help="occlusion models ('' for none)")
     ap.add_argument('--sizes', default=None, help='occlusion image sizes (default 64,128,160,224; quick 64,96,128)')
     ap.add_argument('--no-featvis', action='store_true', help='skip maximize_unit vs Lucent')
+    ap.add_argument('--cam-archs', default='resnet18,tf_efficientnet_lite0,convnext_atto',
+                    help="Grad-CAM vs captum's LayerGradCam vs fwd+bwd, and the sanity check's cost ('' for none)")
+    ap.add_argument('--cam-sizes', default=None, help='Grad-CAM image sizes (default 128,224; quick 64)')
     a = ap.parse_args()
     dev = torch.device(a.device)
     torch.set_num_threads(2) if dev.type == 'cpu' else None
@@ -158,13 +164,21 @@ def main():
             "one process. occlusion_map at its defaults (batch size and path measured on the first windows); "
             "captum's Occlusion at several perturbations_per_eval and bare batched forwards of the same windows at "
             f"several batch sizes, each keeping its best of {1 if a.quick else 2} interleaved rounds. Target: <= 0.8x "
-            "captum's best in every cell, <= 1.1x the bare forwards where incremental inference does not apply. "
+            "captum's best in every cell, <= 1.1x the bare forwards where incremental inference does not apply; "
+            "Grad-CAM <= 1.1x one forward + backward pass of the same images. "
             f"Load average at the start: {load0}; now: {load}.", rows, a.out)
     for arch in [s for s in a.archs.split(',') if s]:
         for size in sizes:
             bench_occlusion(arch, size, dev, rows, ppes=(16, 64) if a.quick else (4, 16, 64, 256),
                             rounds=1 if a.quick else 2)
             write()
+    cam_sizes = [int(v) for v in (a.cam_sizes or ('64' if a.quick else '128,224')).split(',')]
+    cam_archs = [s for s in a.cam_archs.split(',') if s]
+    for arch in cam_archs:
+        for size in cam_sizes:
+            bench_grad_cam(arch, size, 8 if a.quick else 64, dev, rows, 1 if a.quick else 3); write()
+    for arch in cam_archs:
+        bench_sanity(arch, cam_sizes[0], 4 if a.quick else 16, dev, rows); write()
     if not a.no_featvis:
         bench_featvis(64 if a.quick else 128, 8 if a.quick else 32, dev, rows, multi_steps=4 if a.quick else 8)
     print(write())
