@@ -119,3 +119,8 @@ def test_learn_gives_the_robustness_axis(digits):
     assert r.n == len(digits.valid_ds) and r.label['n'].sum() == 600  # robustness: the learner's validation set
     assert 'Sequential' in r.robustness_model
     assert all(torch.equal(v, learn.model.state_dict()[k]) for k, v in sd.items())
+
+
+def test_random_transform_on_both_axes(digits):
+    r = label_invariance_check(digits, 'noise', {'noise': [0, .1]}, n_items=400, epochs=2, progress=False)
+    assert r.n == 400 and 0 <= r.row('noise', .1)['flip_rate'] <= 1 and np.isfinite(r.row('noise', .1)['label_drop'])

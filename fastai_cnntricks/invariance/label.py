@@ -127,7 +127,8 @@ def label_invariance_check(dls,  # fastai DataLoaders (all items of train and va
         model = OutOfFold(clean_nets)
         dl = model.loader(x, y, folds)
         with torch.no_grad():
-            keys, stats, ys, preds, flips = run_sweep(model, dl, lambda b: b, sweep, seed=seed, keep_flips=keep_flips)
+            keys, stats, ys, preds, flips = run_sweep(model, dl, lambda b: b, sweep, seed=seed, keep_flips=keep_flips,
+                                                      device=torch.device('cpu'))
         redraw = FlipRedraw(dl, keys, seed=seed)
         robust = 'a clean reference of the same kind (out of fold, same items)'
     return InvarianceReport(sweep, keys, stats, ys, preds, flips, vocab=vocab, redraw=redraw, label=label,
