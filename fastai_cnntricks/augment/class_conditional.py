@@ -10,7 +10,9 @@ A 180-degree rotation then turns the 0s, 1s and 8s and leaves the 6s and 9s alon
 of each training batch (fastai batch transforms see the `(x, y)` tuple in `before_call`), draw per item a magnitude
 uniform up to its class's limit with probability `p` per transform, and apply the geometric ones in one resampling
 pass (which `fuse_tfms` can merge with other geometric transforms) and the pixel ones batched. Validation batches
-pass untouched; items whose class has no safe magnitude for any drawn transform are copied bit for bit.
+pass untouched; items whose class has no safe magnitude for any drawn transform are copied bit for bit (when
+`fuse_tfms` merges the geometric part with other transforms, that single pass resamples every image: unmoved ones
+then differ by float rounding, under 1e-6 measured at 28 and 50 px, exact at 32 px).
 """
 from __future__ import annotations
 

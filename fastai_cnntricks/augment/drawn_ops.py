@@ -94,7 +94,9 @@ def check_limit(name, value):
     return v
 
 
-def draw_magnitudes(ops, limits, n=None):
+def draw_magnitudes(ops,  # the `PolicyOp`s, one per row of `limits`
+                    limits,  # (n_ops, N) per-image limits, or (n_ops,) for every image
+                    n=None):  # number of images when `limits` is (n_ops,)
     """Per-image magnitudes uniform up to per-image `limits` ((n_ops, N) or (n_ops,) tensor, broadcast to `n`
     images): neutral + U(0, 1) * (limit - neutral), with a random sign for signed operations; on/off operations get
     their limit. One batched draw for all operations and images."""
@@ -112,7 +114,9 @@ class OpDraws(RandTransform):
     (`y`: the batch's labels, or None); `OpsAffine` and `OpsPixel` apply them. It changes nothing itself."""
     order, split_idx = 1, 0  # before IntToFloatTensor (10) and every augmentation; training only
 
-    def __init__(self, ops, sampler):
+    def __init__(self,
+                 ops,  # the `PolicyOp`s drawn for, in the order of the sampler's rows
+                 sampler):  # sampler(x, y) -> (n_ops, N) magnitudes (neutral where an op is not applied)
         super().__init__(p=1.)
         self.ops, self.sampler, self.params = list(ops), sampler, None
 
@@ -145,7 +149,10 @@ def _ops_mats(x, draws):
 class OpsAffine(AffineFill):
     """The geometric operations of an `OpDraws` in one `AffineFill` pass; with nothing else fused in, only the images
     that move are resampled (the others are copied exactly)."""
-    def __init__(self, draws, fill_mode='reflection', **kwargs):
+    def __init__(self,
+                 draws,  # the `OpDraws` whose geometric rows to apply
+                 fill_mode='reflection',  # one of `FILL_MODES`
+                 **kwargs):  # size, mode, cval, align_corners (see `AffineFill`)
         check_choice('fill_mode', fill_mode, FILL_MODES)
         super().__init__(aff_fs=partial(_ops_mats, draws=draws), fill_mode=fill_mode, **kwargs)
         self.names = [op.name for op in draws.ops if op.kind == 'affine']
@@ -171,7 +178,7 @@ class OpsAffine(AffineFill):
 
 class OpsPixel(PixelTfm):
     "The pixel operations of an `OpDraws`, each applied in one batched call to the images drawn for it."
-    def __init__(self, draws):
+    def __init__(self, draws):  # the `OpDraws` whose pixel rows to apply
         super().__init__(p=1.)
         self.draws = draws
         self.ops = [op for op in draws.ops if op.kind == 'pixel']
@@ -199,7 +206,9 @@ class OpsPixel(PixelTfm):
         raise CnnTricksError("OpsPixel applies drawn magnitudes; use the augment wing's transforms for fixed ones")
 
 
-def drawn_tfms(ops, sampler, fill_mode='reflection') -> list:
+def drawn_tfms(ops,  # the `PolicyOp`s to apply
+               sampler,  # sampler(x, y) -> (n_ops, N) per-image magnitudes, neutral where an op is not applied
+               fill_mode='reflection') -> list:  # fill mode of the one resampling pass
     """fastai batch transforms applying `ops` at the magnitudes `sampler(x, y) -> (n_ops, N)` draws per batch: an
     `OpDraws`, then an `OpsAffine` (if any op is geometric) and an `OpsPixel` (if any is a pixel op)."""
     draws = OpDraws(ops, sampler)
