@@ -285,3 +285,19 @@ def test_label_safe_tta_bad_input(learn):
     with pytest.raises(CnnTricksError, match='ds_idx=5'): learn.label_safe_tta(safe={}, ds_idx=5)
     with pytest.raises(CnnTricksError, match="dl="): learn.label_safe_tta(safe={}, dl='valid')
     with pytest.raises(CnnTricksError, match="tfms"): learn.label_safe_tta(tfms=['rotate'])
+
+
+def test_bounded_policy_moves_masks_with_images(batch):
+    "A segmentation batch: the mask (the digit's strokes) gets its image's geometric op, never its pixel ops."
+    x, _ = batch
+    from fastai.torch_core import TensorMask
+    mask = TensorMask((x.as_subclass(torch.Tensor)[:, 0] > .5).long())
+    tfms = bounded_trivial_augment({'rotate': 30, 'shift': .2, 'darken': .5})
+    torch.manual_seed(7)
+    xo, mo = Pipeline(tfms, split_idx=0)((x, mask))
+    assert isinstance(mo, TensorMask) and mo.dtype == torch.long
+    choice = tfms[0].sampler.choice  # 0 rotate, 1 shift_x, 2 shift_y, 3 darken, 4 identity
+    geo, still = choice < 3, choice >= 3
+    assert torch.equal(mo[still], mask[still])
+    agree = ((xo.as_subclass(torch.Tensor)[:, 0] > .5).long() == mo).float().mean((1, 2))
+    assert float(agree[geo].min()) > .9 and not torch.equal(mo[geo], mask[geo])
