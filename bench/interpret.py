@@ -148,6 +148,7 @@ def main():
     ap.add_argument('--cam-archs', default='resnet18,tf_efficientnet_lite0,convnext_atto',
                     help="Grad-CAM vs captum's LayerGradCam vs fwd+bwd, and the sanity check's cost ('' for none)")
     ap.add_argument('--cam-sizes', default=None, help='Grad-CAM image sizes (default 128,224; quick 64)')
+    ap.add_argument('--cam-bs', type=int, default=None, help='Grad-CAM batch (default 64; quick 8)')
     a = ap.parse_args()
     dev = torch.device(a.device)
     torch.set_num_threads(2) if dev.type == 'cpu' else None
@@ -176,7 +177,7 @@ def main():
     cam_archs = [s for s in a.cam_archs.split(',') if s]
     for arch in cam_archs:
         for size in cam_sizes:
-            bench_grad_cam(arch, size, 8 if a.quick else 64, dev, rows, 1 if a.quick else 3); write()
+            bench_grad_cam(arch, size, a.cam_bs or (8 if a.quick else 64), dev, rows, 1 if a.quick else 3); write()
     for arch in cam_archs:
         bench_sanity(arch, cam_sizes[0], 4 if a.quick else 16, dev, rows); write()
     if not a.no_featvis:
