@@ -115,16 +115,19 @@ def test_masks_points_bboxes_move_with_image():
     assert torch.allclose(b, box + torch.tensor([.5, .25, .5, .25]), atol=1e-5)
 
 
-def _count_grid_samples(f):
-    "How many times `f()` resamples (outermost `F.grid_sample` calls; a tensor subclass re-enters it once)."
+def count_grid_samples(f):
+    "How many times `f()` resamples (outermost `F.grid_sample` calls; a tensor subclass re-enters it once), and its result."
     calls, depth, orig = [0], [0], F.grid_sample
     def counting(*a, **k):
         calls[0] += depth[0] == 0
         depth[0] += 1
         try: return orig(*[o.as_subclass(torch.Tensor) if isinstance(o, torch.Tensor) else o for o in a], **k)
         finally: depth[0] -= 1
-    with mock.patch('torch.nn.functional.grid_sample', counting): f()
-    return calls[0]
+    with mock.patch('torch.nn.functional.grid_sample', counting): res = f()
+    return calls[0], res
+
+
+def _count_grid_samples(f): return count_grid_samples(f)[0]
 
 
 def test_one_resampling_pass_with_aug_transforms():

@@ -1,13 +1,11 @@
 """Policies built from the label-preservation answer: class-conditional augmentation, the invariance-bounded
 TrivialAugment, label-safe TTA. Real digits batches; tables and safe dicts made by hand (the shapes
 `safe_magnitudes()` returns), so these tests do not depend on how the label check measures."""
-from unittest import mock
 
 import pandas as pd
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from fastai.learner import Learner
 from fastai.vision.augment import aug_transforms, Rotate, Flip
 from fastai.torch_core import TensorImage
@@ -20,6 +18,7 @@ from fastai_cnntricks.augment import (POLICY_OPS, TRIVIAL_AUGMENT_RANGES, Affine
 from fastai_cnntricks.augment import drawn_ops
 from fastai_cnntricks.invariance.catalogue import FIXED_TFMS, rotate_fixed
 from fastai_cnntricks.invariance import label_tta  # noqa: F401  (adds Learner.label_safe_tta)
+from test_augment import count_grid_samples
 
 VOCAB = [str(i) for i in range(10)]
 SAFE = {'rotate': 15., 'shift': .1, 'zoom_in': 1.2, 'darken': .6, 'noise': .05, 'hflip': 0, 'vflip': 0,
@@ -41,16 +40,6 @@ def batch():
     return x, y
 
 
-def _count_grid_samples(f):
-    "How many times `f()` resamples (outermost `F.grid_sample` calls)."
-    calls, depth, orig = [0], [0], F.grid_sample
-    def counting(*a, **k):
-        calls[0] += depth[0] == 0
-        depth[0] += 1
-        try: return orig(*[o.as_subclass(torch.Tensor) if isinstance(o, torch.Tensor) else o for o in a], **k)
-        finally: depth[0] -= 1
-    with mock.patch('torch.nn.functional.grid_sample', counting): res = f()
-    return calls[0], res
 
 
 # -- class-conditional augmentation ---------------------------------------------------------------------------------
@@ -59,7 +48,7 @@ def test_class_conditional_rotates_only_safe_classes(batch):
     x, y = batch
     tfms = class_conditional_tfms(_table(rotate={'0': 180, '1': 180, '8': 180}), VOCAB, p=1.)
     torch.manual_seed(1)
-    n, (out, y2) = _count_grid_samples(lambda: Pipeline(tfms, split_idx=0)((x, y)))
+    n, (out, y2) = count_grid_samples(lambda: Pipeline(tfms, split_idx=0)((x, y)))
     assert n == 1 and torch.equal(y2, y)
     inc = torch.isin(y, torch.tensor([0, 1, 8]))
     assert 0 < int(inc.sum()) < len(y)
@@ -100,7 +89,7 @@ def test_class_conditional_fuses_into_one_pass(batch):
     x, y = batch
     tfms = fuse_tfms([Flip(p=.5), Rotate(10, p=1.), *class_conditional_tfms(_table(rotate={'8': 90}), VOCAB)])
     assert sum(isinstance(t, AffineFill) for t in tfms) == 1
-    n, (out, _) = _count_grid_samples(lambda: Pipeline(tfms, split_idx=0)((x, y)))
+    n, (out, _) = count_grid_samples(lambda: Pipeline(tfms, split_idx=0)((x, y)))
     assert n == 1 and out.shape == x.shape
 
 
@@ -183,7 +172,7 @@ def test_bounded_policy_one_pass_no_per_image_loop(batch, monkeypatch):
     for nm in ('rotate_mat', 'shift_mat', 'zoomxy_mat'): monkeypatch.setattr(drawn_ops, nm, spy(nm, getattr(drawn_ops, nm)))
     tfms = bounded_trivial_augment(SAFE)
     torch.manual_seed(5)
-    n, (out, _) = _count_grid_samples(lambda: Pipeline(tfms, split_idx=0)((x, y)))
+    n, (out, _) = count_grid_samples(lambda: Pipeline(tfms, split_idx=0)((x, y)))
     assert n == 1  # the geometric operations: one grid_sample
     assert calls == {'rotate_mat': 1, 'shift_mat': 2, 'zoomxy_mat': 1, 'darken': 1, 'noise': 1}  # per op, not per image
     choice = tfms[0].sampler.choice
@@ -192,7 +181,7 @@ def test_bounded_policy_one_pass_no_per_image_loop(batch, monkeypatch):
     assert ((out - x).flatten(1).abs().amax(1)[~ident] > 0).all()
     # with fastai's aug_transforms fused in: still one pass
     fused = fuse_tfms([*aug_transforms(), *bounded_trivial_augment(SAFE)])
-    assert _count_grid_samples(lambda: Pipeline(fused, split_idx=0)((x, y)))[0] == 1
+    assert count_grid_samples(lambda: Pipeline(fused, split_idx=0)((x, y)))[0] == 1
     assert torch.equal(Pipeline(tfms, split_idx=1)((x, y))[0], x)  # validation untouched
 
 
