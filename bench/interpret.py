@@ -58,7 +58,9 @@ def bench_occlusion(arch, size, dev, rows, window=16, stride=8, ppes=(16, 64, 25
     from captum.attr import Occlusion
     # Random weights, but every residual branch live as in a trained network (timm zero-initialises resnets' last
     # BatchNorm in each block, which would make the blocks pointwise and incremental occlusion unfairly cheap).
-    kw = dict(zero_init_last=False) if arch.startswith('resnet') else {}
+    # Likewise ConvNeXt's layer scale starts at 1e-6, which leaves its blocks near the identity; trained ones are not.
+    kw = (dict(zero_init_last=False) if arch.startswith('resnet') else
+          dict(ls_init_value=1.) if arch.startswith('convnext') else {})
     model = timm.create_model(arch, pretrained=False, num_classes=1000, **kw).eval().to(dev)
     x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0)).to(dev)
     n = len(window_starts(size, window, stride)) ** 2

@@ -288,6 +288,26 @@ def test_window_forward_computes_the_opening_layers_exactly(arch, window, stride
     with torch.no_grad(): torch.testing.assert_close(out[0], model(masked)[0], rtol=1e-4, atol=1e-5)
 
 
+def test_window_forward_keeps_the_longest_exact_prefix():
+    "A random-init ConvNeXt: its blocks' layer scale (1e-6) hides their reach, so the full plan is not exact; the"
+    "prefix before them still runs on crops, exactly."
+    import timm
+    from fastai_cnntricks.interpret._occlusion.window_forward import window_forward
+    from fastai_cnntricks.interpret._occlusion.inference_copy import inference_copy
+    from fastai_cnntricks.interpret.occlusion import window_starts
+    torch.manual_seed(0)
+    model = timm.create_model('convnext_atto', num_classes=4).eval()
+    x, base = torch.randn(1, 3, 128, 128), torch.zeros(1, 3, 128, 128)
+    ys = window_starts(128, 16, 16)
+    iy, ix = torch.arange(len(ys)).repeat_interleave(len(ys)), torch.arange(len(ys)).repeat(len(ys))
+    copy = inference_copy(model, x)
+    with window_forward(copy, x, base, (16, 16), ys, ys, incremental=False) as full: ref = full(iy, ix)
+    with window_forward(copy, x, base, (16, 16), ys, ys) as fast:
+        assert fast.units[:2] == ['stem.0', 'stem.1'], fast.units
+        out = fast(iy, ix)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+
+
 @pytest.mark.parametrize('module,geometry', [
     (nn.Conv2d(3, 4, 7, 2, 3), ((2, 3, 3), (2, 3, 3))), (nn.MaxPool2d(3, 2, 1), ((2, 1, 1), (2, 1, 1))),
     (nn.Conv2d(3, 4, (3, 5), 1, (0, 4), dilation=(1, 2)), ((1, 0, 2), (1, 4, 4))), (nn.ReLU(), ((1, 0, 0), (1, 0, 0))),
@@ -514,3 +534,15 @@ def test_light_copy_shares_storage_but_changes_to_the_copy_leave_the_model_as_fo
     assert seen == ['user', 'copy']  # the user's hooks run in the copy too, as in a deep copy
     assert_same_state(before, full_state(model))
     assert isinstance(model.layer4, nn.Sequential) and not model.layer2._forward_hooks
+
+
+@pytest.mark.parametrize('size,folded', [(64, False), (96, True)])
+def test_occlusion_folds_batchnorms_only_where_it_can_pay(monkeypatch, size, folded):
+    "49 windows run as one batch, which never pays back folding's two extra passes; 121 windows do."
+    import timm
+    import fastai_cnntricks.interpret.occlusion as occ
+    seen, real = [], occ.inference_copy
+    monkeypatch.setattr(occ, 'inference_copy', lambda *a, **kw: seen.append(kw['fold_bn']) or real(*a, **kw))
+    model = timm.create_model('resnet10t', num_classes=4).eval()
+    occ.occlusion_attribution(model, torch.randn(1, 3, size, size), window=16, stride=8, progress=False)
+    assert seen == [folded]

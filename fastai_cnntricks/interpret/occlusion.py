@@ -25,6 +25,7 @@ __all__ = ['OcclusionSettings', 'window_starts', 'occlusion_baseline', 'auto_bat
            'drops_to_map', 'occlusion_attribution', 'faithfulness_curves']
 
 BASELINES = ['black', 'mean', 'blur']
+FOLD_MIN_WINDOWS = 65  # fewer windows run unfolded: one CPU batch of them never pays back the folding's two passes
 OUTPUTS = ['prob', 'logit']
 
 
@@ -215,6 +216,10 @@ def occlusion_attribution(model, x, target=None, window=16, stride=8, baseline=0
     _check_window_fits(window, x)
     base = occlusion_baseline(x, baseline, stats=stats, window=window[0])
     _, _, h, w = x.shape
+    nh, nw = len(window_starts(h, window[0], stride[0])), len(window_starts(w, window[1], stride[1]))
+    # folding costs a traced pass, a checking pass and new weights, more than it saves on one batch of windows
+    # (bench/RESULTS.md, occlusion at 64 px)
+    fold_bn = fold_bn and nh * nw >= FOLD_MIN_WINDOWS
     with preserve_model(model), torch.no_grad():
         # one probing pass of the copy gives the target, its score and the memory a window costs
         model, logits, per_image = inference_copy(model, x, channels_last=channels_last, fold_bn=fold_bn, probe=True)
@@ -227,7 +232,6 @@ def occlusion_attribution(model, x, target=None, window=16, stride=8, baseline=0
                                      max_batch=auto_batch_size(model, x, per_image=per_image) if batch_size is None
                                      else batch_size)
         score = _score(logits, settings.target, output)[0]
-        nh, nw = len(window_starts(h, window[0], stride[0])), len(window_starts(w, window[1], stride[1]))
         if refine is None: score, drops = occlusion_drops(model, x, base, settings, progress=progress, score=score)
         else: score, drops = _refined_drops(model, x, base, settings, refine=refine, n_windows=(nh, nw),
                                             progress=progress, score=score)

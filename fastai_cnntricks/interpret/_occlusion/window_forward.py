@@ -211,18 +211,31 @@ def window_forward(model, x, base, window, ys, xs, *, channels_last=True, increm
     iy = torch.tensor([0, len(ys) // 2, len(ys) - 1], device=x.device)
     ix = torch.tensor([0, len(xs) // 2, len(xs) - 1], device=x.device)
     ref = full(iy, ix) if plan else None
-    for k in (sorted({len(plan), 1}, reverse=True) if plan else []):
+
+    def exact(k):  # the incremental forward over plan[:k], if it matches the full passes
         fwd = _incremental_forward(model, x, base, grid=grid, fmt=fmt, plan=plan[:k])
         originals = [model.get_submodule(n) for n in fwd.units]
         _swap(model, fwd.units, fwd.stand_ins)
         try: got = fwd(iy, ix)
         except Exception: got = None  # e.g. a later layer expecting a chain module's output of another shape
         finally: _swap(model, fwd.units, originals)
-        if _close(got, ref):
-            fwd.paths = dict(incremental=fwd, full=_with_originals(full, model, fwd.units, originals, fwd.stand_ins))
-            _swap(model, fwd.units, fwd.stand_ins)
-            try: yield fwd
-            finally: _swap(model, fwd.units, originals)
-            return
+        return (fwd, originals) if _close(got, ref) else None
+    # The longest exact prefix, by bisection: a module whose geometry was mis-measured (its local change too small to
+    # see, as in a ConvNeXt block whose layer scale starts at 1e-6) spoils every prefix that holds it.
+    found = exact(len(plan)) if plan else None  # the common case: one check
+    lo, hi = 0, len(plan) - 1  # otherwise plan[:lo] is exact (or empty) and plan[:hi + 1] is not
+    while found is None and lo < hi:
+        k = (lo + hi + 1) // 2
+        res = exact(k)
+        if res is None: hi = k - 1
+        else: lo, best = k, res
+        if lo == hi: found = best if lo else None
+    if found is not None:
+        fwd, originals = found
+        fwd.paths = dict(incremental=fwd, full=_with_originals(full, model, fwd.units, originals, fwd.stand_ins))
+        _swap(model, fwd.units, fwd.stand_ins)
+        try: yield fwd
+        finally: _swap(model, fwd.units, originals)
+        return
     full.paths = dict(full=full)
     yield full
