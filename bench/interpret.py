@@ -151,10 +151,14 @@ def main():
                     help="Grad-CAM vs captum's LayerGradCam vs fwd+bwd, and the sanity check's cost ('' for none)")
     ap.add_argument('--cam-sizes', default=None, help='Grad-CAM image sizes (default 128,224; quick 64)')
     ap.add_argument('--cam-bs', type=int, default=None, help='Grad-CAM batch (default 64; quick 8)')
+    ap.add_argument('--ppes', default=None, help="captum's perturbations_per_eval to try (default 4,16,64,256; quick 16,64)")
+    ap.add_argument('--rounds', type=int, default=None, help='interleaved timing rounds per cell (default 2; quick 1)')
     a = ap.parse_args()
     dev = torch.device(a.device)
     torch.set_num_threads(2) if dev.type == 'cpu' else None
     sizes = [int(v) for v in (a.sizes or ('64,96,128' if a.quick else '64,128,160,224')).split(',')]
+    ppes = tuple(int(v) for v in (a.ppes or ('16,64' if a.quick else '4,16,64,256')).split(','))
+    rounds = a.rounds or (1 if a.quick else 2)
     rows = []
     t0 = time.time()
     cmd = 'python bench/interpret.py ' + ' '.join(sys.argv[1:])
@@ -166,14 +170,13 @@ def main():
             "Random weights (timing does not depend on them); baseline 0 in model-input space; window 16, stride 8; "
             "one process. occlusion_map at its defaults (batch size and path measured on the first windows); "
             "captum's Occlusion at several perturbations_per_eval and bare batched forwards of the same windows at "
-            f"several batch sizes, each keeping its best of {1 if a.quick else 2} interleaved rounds. Target: <= 0.8x "
+            f"several batch sizes, each keeping its best of {rounds} interleaved rounds. Target: <= 0.8x "
             "captum's best in every cell, <= 1.1x the bare forwards where incremental inference does not apply; "
             "Grad-CAM <= 1.1x one forward + backward pass of the same images. "
             f"Load average at the start: {load0}; now: {load}.", rows, a.out)
     for arch in [s for s in a.archs.split(',') if s]:
         for size in sizes:
-            bench_occlusion(arch, size, dev, rows, ppes=(16, 64) if a.quick else (4, 16, 64, 256),
-                            rounds=1 if a.quick else 2)
+            bench_occlusion(arch, size, dev, rows, ppes=ppes, rounds=rounds)
             write()
     cam_sizes = [int(v) for v in (a.cam_sizes or ('64' if a.quick else '128,224')).split(',')]
     cam_archs = [s for s in a.cam_archs.split(',') if s]
