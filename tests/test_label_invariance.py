@@ -80,6 +80,8 @@ def test_fashion_hflip_preserves_the_label():
     assert r.n == 1500
     assert r.safe_magnitudes(0.02)['hflip'] == 1, r.table
     assert r.safe_magnitudes(0.02, axis='robustness')['hflip'] == 0  # a clean model is not mirror-invariant
+    assert r.train_magnitudes(0.02)['hflip'] == 1  # the label decides: the suggestion trains with mirrored clothes
+    assert 'hflip' in set(r.suggestions(0.02).tfm) and len(r.suggest_tfms(0.02)) == 1
 
 
 def test_folds_are_stratified():
@@ -124,3 +126,65 @@ def test_learn_gives_the_robustness_axis(digits):
 def test_random_transform_on_both_axes(digits):
     r = label_invariance_check(digits, 'noise', {'noise': [0, .1]}, n_items=400, epochs=2, progress=False)
     assert r.n == 400 and 0 <= r.row('noise', .1)['flip_rate'] <= 1 and np.isfinite(r.row('noise', .1)['label_drop'])
+
+
+# ---- suggest_tfms: the label axis decides, robustness only prefers ---------------------------------------------------
+def _with_robustness(rep, acc):
+    "The same label report with the clean model's accuracy at each {(tfm, magnitude): accuracy} replaced."
+    correct = rep.stats['correct'].copy()
+    for (name, m), a in acc.items(): correct[rep._index[(name, m)]] = a * rep.n
+    return InvarianceReport(rep.sweep, rep.keys, {**rep.stats, 'correct': correct}, rep.ys, rep.clean_preds,
+                            rep.flips, vocab=rep.vocab, label=rep.label)
+
+
+def test_train_magnitudes_stay_within_the_label_safe_range(rep):
+    label, train = rep.safe_magnitudes(0.02), rep.train_magnitudes(0.02)
+    assert rep.train_magnitudes(0.02, min_retained=0) == label
+    for name, m in train.items():
+        ft = rep.tfms[name]
+        assert ft.severity(m) <= ft.severity(label[name]), (name, m, label)
+        if ft.severity(label[name]) > 0: assert ft.severity(m) > 0, (name, m)  # robustness never removes a transform
+    assert 0 < train['rotate'] < 180  # a half turn is never suggested on digits
+    # the robustness axis is the old answer, untouched by the soft preference
+    assert rep.train_magnitudes(0.02, axis='robustness') == rep.safe_magnitudes(0.02, axis='robustness')
+
+
+def test_robustness_only_shortens_a_label_safe_range(rep):
+    chance = 1 / rep.n_classes
+    lim = rep.safe_magnitudes(0.02)
+    assert lim['rotate'] >= 15 and lim['shift'] >= 0.1  # the label allows both (as test_label_preserving_on_digits)
+    # a clean model at chance from rotate 15 on: held at the first label-safe magnitude, never dropped
+    r = _with_robustness(rep, {('rotate', m): chance for m in (15, 30, 180)})
+    assert r.retained('rotate', 15) == pytest.approx(0, abs=1e-6) and r.train_magnitudes(0.02)['rotate'] == 15
+    assert r.train_magnitudes(0.02, min_retained=0)['rotate'] == lim['rotate']
+    # a clean model as good as clean everywhere: the label-safe limit itself (robustness never extends it)
+    clean = rep.clean_acc
+    r = _with_robustness(rep, {(ft.name, m): clean for ft, ms in rep.sweep for m in ms if ft.severity(m) > 0})
+    assert r.train_magnitudes(0.02) == lim
+    # retained is chance-corrected: half-way between chance and clean accuracy is 0.5
+    r = _with_robustness(rep, {('shift', .1): (chance + clean) / 2, ('shift', .2): chance})
+    assert r.retained('shift', .1) == pytest.approx(.5)
+    assert r.train_magnitudes(0.02, min_retained=.5)['shift'] == .1
+    assert r.train_magnitudes(0.02, min_retained=.6)['shift'] == .1  # the floor: the first non-neutral magnitude
+    with pytest.raises(CnnTricksError, match='min_retained'): rep.train_magnitudes(min_retained=1.5)
+    with pytest.raises(CnnTricksError, match='fuse'): rep.suggest_tfms(fuse='yes')
+
+
+def test_suggest_tfms_is_one_resampling_pass(rep):
+    from fastai.vision.all import Pipeline, AffineCoordTfm
+    from test_augment import count_grid_samples
+    tfms = rep.suggest_tfms(0.02)
+    assert sum(isinstance(t, AffineCoordTfm) for t in tfms) == 1, tfms  # rotate and shift multiplied together
+    sug = rep.suggestions(0.02)
+    assert {'rotate', 'shift'} <= set(sug.tfm), sug
+    for r in sug.itertuples():  # within the label-safe range (darkening goes down from 1: compare severities)
+        ft = rep.tfms[r.tfm]
+        assert 0 < ft.severity(r.train_magnitude) <= ft.severity(r.safe_magnitude), r
+    assert sug.retained.between(-.5, 1.5).all()
+    x = torch.rand(8, 3, 32, 32)
+    from fastai.torch_core import TensorImage
+    n, out = count_grid_samples(lambda: Pipeline(tfms, split_idx=0)(TensorImage(x)))
+    assert n == 1 and out.shape == x.shape
+    unfused = rep.suggest_tfms(0.02, fuse=False)
+    n2, _ = count_grid_samples(lambda: Pipeline(unfused, split_idx=0)(TensorImage(x)))
+    assert n2 >= 2  # the counter can fail: one pass per geometric transform without fusing

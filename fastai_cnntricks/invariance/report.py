@@ -14,6 +14,7 @@ import pandas as pd
 import matplotlib.pyplot as plt
 
 from ..core import CnnTricksError, check_number, check_count, check_bool, check_choice
+from ..augment import fuse_tfms
 from .catalogue import suggested_tfms
 
 __all__ = ['InvarianceReport', 'AXES']
@@ -201,18 +202,67 @@ class InvarianceReport:
             else: res[ft.name] = [self._safe_along(ft, ms, d[:, c], max_drop, interpolate) for c in range(self.n_classes)]
         return pd.DataFrame(res, index=pd.Index(self.vocab, name='class')) if per_class else res
 
-    def suggest_tfms(self, max_drop=0.02, axis=None) -> list:
-        "fastai batch transforms at the safe magnitudes (transforms that are never safe are left out)."
-        return suggested_tfms(self.safe_magnitudes(max_drop, axis=axis), self.tfms)
+    def retained(self, tfm, magnitude) -> float:
+        """Robustness axis: the share of its above-chance accuracy the clean model keeps on images transformed at
+        `magnitude`, (acc - 1/C) / (clean_acc - 1/C): 1 unchanged, 0 at chance (C classes)."""
+        r, chance = self.row(tfm, magnitude), 1 / self.n_classes
+        return float((r['acc'] - chance) / max(r['clean_acc'] - chance, 1e-12))
 
-    def suggestions(self, max_drop=0.02, axis=None) -> pd.DataFrame:
-        "Per transform safe beyond its neutral magnitude: the safe magnitude, its unit and the fastai transform to train with."
+    def train_magnitudes(self, max_drop=0.02, axis=None, min_retained=0.5) -> dict:
+        """{transform name: the magnitude `suggest_tfms` trains up to}. Robustness axis: the safe magnitudes.
+
+        Label axis: the label decides what is allowed, the clean model's robustness only prefers within it. Each
+        transform's limit is its label-safe magnitude (`safe_magnitudes(max_drop, axis='label')`); going out from
+        the neutral one through the swept magnitudes inside that limit, it stops before the first at which the
+        clean model keeps less than `min_retained` of its above-chance accuracy (`retained`), but never below the
+        first non-neutral swept magnitude. So the robustness axis can shorten a range, never extend it, and never
+        add or remove a transform; on/off transforms (flips) are kept or left out by the label axis alone;
+        `min_retained=0` gives the label-safe magnitudes themselves.
+
+        Why a soft preference at all: past the point where a clean model falls more than half-way to chance, the
+        transformed images lie far from the clean distribution even though their labels survive: low *affinity*,
+        and Gontijo-Lopes et al. (2020) found the augmentations that help most combine diversity with high affinity.
+        Whether the preference pays on a given recipe is the payoff benchmark's question (bench/label_payoff.py).
+        On digits (bench/results/label_invariance.md) it keeps rotation at its label-safe 20° (the clean model keeps
+        88% there) and holds shifts at 0.1 (label-safe to 0.15, where the clean model keeps 28%) and darkening at
+        0.4x (label-safe to 0.2x, where it is at chance)."""
+        check_number('min_retained', min_retained, lo=0, hi=1)
+        axis = self._axis(axis)
+        safe = self.safe_magnitudes(max_drop, axis=axis)
+        if axis == 'robustness' or min_retained == 0: return safe
+        res = {}
+        for ft, ms in self.sweep:  # ms: sorted by severity, neutral first
+            lim = safe[ft.name]
+            inside = [m for m in ms if 0 < ft.severity(m) <= ft.severity(lim) + 1e-12]
+            i = 0
+            while i + 1 < len(inside) and self.retained(ft.name, inside[i + 1]) >= min_retained: i += 1
+            res[ft.name] = float(inside[i]) if inside else lim
+        return res
+
+    def suggest_tfms(self, max_drop=0.02, axis=None, min_retained=0.5, fuse=None) -> list:
+        """fastai batch transforms that train within `train_magnitudes(max_drop, axis, min_retained)` (transforms
+        that are never safe are left out; zoom in/out and darken/brighten pairs merge). `fuse`: the geometric ones
+        multiplied into one resampling pass and the pixel ones chained (`fuse_tfms`); None fuses on the label axis
+        and keeps the robustness axis's transforms one by one, as `invariance_check` has always returned them."""
+        if fuse is not None: check_bool('fuse', fuse)
+        axis = self._axis(axis)
+        tfms = suggested_tfms(self.train_magnitudes(max_drop, axis=axis, min_retained=min_retained), self.tfms)
+        if fuse is None: fuse = axis == 'label'
+        return fuse_tfms(tfms) if fuse and tfms else tfms
+
+    def suggestions(self, max_drop=0.02, axis=None, min_retained=0.5) -> pd.DataFrame:
+        """Per transform suggested (trained beyond its neutral magnitude): the safe magnitude of the axis, the
+        magnitude it trains up to (`train_magnitudes`), its unit, the fastai transform to train with, and the share
+        of its above-chance accuracy the clean model keeps at that magnitude (`retained`)."""
+        axis = self._axis(axis)
+        safe = self.safe_magnitudes(max_drop, axis=axis)
         rows = []
-        for name, m in self.safe_magnitudes(max_drop, axis=axis).items():
+        for name, m in self.train_magnitudes(max_drop, axis=axis, min_retained=min_retained).items():
             t = self.tfms[name].suggest(m)
-            if t is not None: rows.append(dict(tfm=name, safe_magnitude=m, unit=self.tfms[name].unit,
-                                               train_with=type(t).__name__))
-        return pd.DataFrame(rows, columns=['tfm', 'safe_magnitude', 'unit', 'train_with'])
+            if t is not None: rows.append(dict(tfm=name, safe_magnitude=safe[name], train_magnitude=m,
+                                               unit=self.tfms[name].unit, train_with=type(t).__name__,
+                                               retained=self.retained(name, m)))
+        return pd.DataFrame(rows, columns=['tfm', 'safe_magnitude', 'train_magnitude', 'unit', 'train_with', 'retained'])
 
     # -- pictures -------------------------------------------------------------------------------------------------
     def plot(self, tfms=None, max_drop=0.02, figsize=None):
