@@ -168,10 +168,34 @@ def test_invariance_section_names_and_magnitudes(dls):
     sug = rep.suggestions(0.5)
     assert len(texts) == len(sug) == len(rep.suggest_tfms(0.5)) > 0  # no pair merges here (darken alone)
     for r, t in zip(sug.itertuples(), texts):
-        assert t.startswith(f'{r.tfm} up to {r.safe_magnitude:g}') and f'(train with {r.train_with})' in t
+        head = f'{r.tfm} on' if not rep.tfms[r.tfm].continuous else f'{r.tfm} up to {r.safe_magnitude:g}'
+        assert t.startswith(head) and f'(train with {r.train_with})' in t
         assert f'<li>{t}</li>' in html
     assert "{'p'" not in html and 'enc:' not in html  # no raw fastai reprs
     with pytest.raises(CnnTricksError, match='rep='): invariance_section('report')
+
+
+def test_invariance_section_of_a_label_report(dls):
+    from fastai_cnntricks.invariance import label_invariance_check
+    from fastai_cnntricks.report import collision_table
+    rep = label_invariance_check(dls, ['rotate', 'hflip'], {'rotate': [0, 10, 180]}, epochs=2, bs=16, progress=False)
+    html = invariance_section(rep, max_drop=0.02, trained_with=('label_safe', ['rotate up to 10 °']))
+    assert html.startswith('<section id="invariance"><h2>Label invariance</h2>')
+    for part in ('<b>label drop</b>', '<b>robustness</b>', 'Both axes per transform', 'robustness_safe_magnitude',
+                 'label_safe_magnitude', 'Label-safe magnitude per class', 'Colliding class pairs',
+                 '<h3>Trained with: label_safe</h3><ul><li>rotate up to 10 °</li></ul>', 'Suggested transforms'):
+        assert part in html, part
+    per = rep.safe_magnitudes(0.02, per_class=True)
+    assert html.count('<tr>') >= len(per) + len(rep.table)  # the per-class table and the full table are there
+    col = collision_table(rep, 0.02)
+    safe = rep.safe_magnitudes(0.02)
+    assert set(col.tfm) == {n for n, ms in (('rotate', [0, 10, 180]), ('hflip', [0, 1])) if safe[n] != ms[-1]}
+    for r in col.itertuples():
+        assert rep.tfms[r.tfm].severity(r.magnitude) > rep.tfms[r.tfm].severity(safe[r.tfm])
+        assert r.collisions == ', '.join(f'{t.true} → {t.pred} ({t.of_class:.0%})' for t in
+                                         rep.transitions(r.tfm, r.magnitude, top=3, axis='label').itertuples())
+    with pytest.raises(CnnTricksError, match='trained_with'): invariance_section(rep, trained_with='label_safe')
+    with pytest.raises(CnnTricksError, match='trained_with'): invariance_section(rep, trained_with=('a', [1]))
 
 
 # ---- the attribution section's verdicts ---------------------------------------------------------------------------
