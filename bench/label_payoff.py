@@ -201,6 +201,7 @@ def main():
     cache = json.loads(Path(args.cache).read_text()) if Path(args.cache).exists() else {}
     res, checks, olds, cc_bases = {}, {}, {}, {}
     log = lambda s: print(f'[{time.time() - t0:6.0f} s] {s}', flush=True)  # noqa: E731
+    prep = {}
     for ds in args.datasets:
         data = split(ds, args.n_valid, args.pool_per_class)
         key = f'{ds}:{args.pool_per_class}:{len(data[1])}'
@@ -224,10 +225,14 @@ def main():
             tables[d] = t.loc[vocab]
         checks[ds] = c
         log(f"{ds}: label check on {c['n']} pool images in {c['sec']:.0f} s; safe {c['safe']}")
-        for n in args.budgets:
-            seeds = args.seeds if n < 100 else min(args.seeds, args.seeds_100)
-            for recipe_name in args.recipes:
-                for seed in range(seeds):
+        prep[ds] = (data, c, tables, vocab)
+    max_seeds = max(args.seeds if n < 100 else min(args.seeds, args.seeds_100) for n in args.budgets)
+    for seed in range(max_seeds):  # seeds outermost: a run stopped early keeps every cell at fewer seeds
+        for ds in args.datasets:
+            data, c, tables, vocab = prep[ds]
+            for n in args.budgets:
+                if seed >= (args.seeds if n < 100 else min(args.seeds, args.seeds_100)): continue
+                for recipe_name in args.recipes:
                     md = RECIPES[recipe_name].get('max_drop', args.max_drop)
                     ctx = dict(safe=c[f'safe{md:g}'], table=tables[md], vocab=vocab, cc_p=args.cc_p,
                                suggest=suggested_tfms(c[f'safe{md:g}'], fixed_catalogue()))
