@@ -4,10 +4,15 @@ frozen features; a forgetting experiment; and the callbacks' overhead.
     .venv/bin/python bench/transfer.py            # full: digits + Fashion-MNIST, 64 px, 10/30/100 per class, 3 seeds, 6 epochs (~1 h)
     .venv/bin/python bench/transfer.py --quick    # 1 seed, 10 and 100 per class, 32 px, fewer epochs
     .venv/bin/python bench/transfer.py --device cuda
-Writes bench/results/transfer.md."""
+    .venv/bin/python bench/transfer.py --archs lite0 lite1 lite2 --size 128 --skip forgetting overhead \
+        --methods 'logistic regression (frozen features)' 'fastai fine_tune' fine_tune_gradual --lr-scales 0.3 3
+Writes bench/results/transfer.md (`--out` elsewhere). `--cache FILE.json` keeps every (arch, size, cell, method, seed)
+measured so far and reuses it, so a grid can be run in parts and collected by the full command."""
 from __future__ import annotations
 import argparse
 import datetime
+import json
+import shlex
 import platform
 import sys
 import time
@@ -25,7 +30,13 @@ from fastai_cnntricks.all import *  # noqa: E402,F403
 from fastai_cnntricks.transfer.head_init import train_features  # noqa: E402
 from machine import machine  # noqa: E402
 
-ARCH = 'tf_efficientnet_lite0'
+ARCH = 'tf_efficientnet_lite0'  # the default backbone; --archs adds Lite1/Lite2 (embedded weights too)
+LR_SWEEP = 'fine_tune_gradual (auto_base_lr x {:g})'
+
+
+def arch_name(a):
+    "'lite1' -> 'tf_efficientnet_lite1'; a full timm name passes through."
+    return f'tf_efficientnet_{a}' if a.startswith('lite') else a
 
 
 def make_dls(dataset, n, size, seed, n_valid, device):
@@ -46,8 +57,8 @@ class ValidateOnceAtEnd(Callback):
     def before_validate(self): raise CancelValidException()
 
 
-def new_learner(dls, pretrained='embedded'):
-    learn = timm_learner(dls, ARCH, pretrained=pretrained, cbs=ValidateOnceAtEnd())
+def new_learner(dls, pretrained='embedded', arch=ARCH):
+    learn = timm_learner(dls, arch, pretrained=pretrained, cbs=ValidateOnceAtEnd())
     learn.model.to(memory_format=torch.channels_last)  # same results, ~1.3x faster training on this CPU
     learn.remove_cbs([learn.progress])
     learn.recorder.logger = lambda *a: None
@@ -63,13 +74,19 @@ def logreg_probe(learn):
     return float((clf.predict(xva.numpy()) == yva.numpy()).mean())
 
 
-def run_method(name, dls, epochs):
+def lr_scale(name):
+    "The factor k of a 'fine_tune_gradual (auto_base_lr x k)' method, else None."
+    pre, post = LR_SWEEP.split('{:g}')
+    return float(name[len(pre):-len(post)]) if name.startswith(pre) and name.endswith(post) else None
+
+
+def run_method(name, dls, epochs, arch=ARCH):
     "Train one way; return validation accuracy."
     if name == 'from scratch':
-        learn = new_learner(dls, pretrained=False)
+        learn = new_learner(dls, pretrained=False, arch=arch)
         learn.fit_one_cycle(epochs, 3e-3)
     else:
-        learn = new_learner(dls)
+        learn = new_learner(dls, arch=arch)
         n = len(learn.opt.param_lists) if learn.opt else len(learn.splitter(learn.model))
         if name == 'logistic regression (frozen features)': return logreg_probe(learn)
         if name == 'linear probe (head only, BN eval)':
@@ -88,6 +105,8 @@ def run_method(name, dls, epochs):
             learn.fine_tune_gradual(epochs)
         elif name == 'fine_tune_gradual + L2SP':
             learn.fine_tune_gradual(epochs, l2sp=0.01)
+        elif lr_scale(name) is not None:
+            learn.fine_tune_gradual(epochs, base_lr=lr_scale(name) * auto_base_lr(learn.dls))
         else: raise ValueError(name)
     learn.remove_cbs(learn.cbs.filter(lambda c: isinstance(c, ValidateOnceAtEnd)))
     return float(learn.validate()[1])
@@ -99,20 +118,91 @@ METHODS = ['from scratch', 'logistic regression (frozen features)', 'linear prob
 
 
 def accuracy_table(args, log):
+    "Every (arch, dataset, budget, method) cell over `args.seeds` paired seeds; cells in `args.cache` are reused."
+    cache = json.loads(Path(args.cache).read_text()) if args.cache and Path(args.cache).exists() else {}
     rows = {}
-    for ds in args.datasets:
-        for n in args.budgets:
-            for m in METHODS:
-                accs, secs = [], []
-                for seed in range(args.seeds):
-                    dls = make_dls(ds, n, args.size, seed, args.n_valid, args.device)
-                    set_seed(seed)
-                    t = time.time()
-                    accs.append(run_method(m, dls, args.epochs))
-                    secs.append(time.time() - t)
-                rows[(ds, n, m)] = (np.mean(accs), np.std(accs), np.mean(secs), accs)
-                log(f"{ds} {n}/class {m}: {np.mean(accs):.3f} ± {np.std(accs):.3f} ({np.mean(secs):.0f} s)")
+    for arch in args.archs:
+        for ds in args.datasets:
+            for n in args.budgets:
+                for m in METHODS:
+                    accs, secs = [], []
+                    for seed in range(args.seeds):
+                        key = f'{arch}|{args.size}|{args.epochs}|{args.n_valid}|{ds}|{n}|{m}|{seed}'
+                        if key not in cache:
+                            dls = make_dls(ds, n, args.size, seed, args.n_valid, args.device)
+                            set_seed(seed)
+                            t = time.time()
+                            acc = run_method(m, dls, args.epochs, arch=arch)
+                            cache[key] = dict(acc=acc, secs=time.time() - t, machine=machine(),
+                                              date=f'{datetime.datetime.now():%Y-%m-%d %H:%M}')
+                            if args.cache: Path(args.cache).write_text(json.dumps(cache, indent=1))
+                        accs.append(cache[key]['acc']); secs.append(cache[key]['secs'])
+                        args.run_dates.append(cache[key]['date'])
+                    rows[(arch, ds, n, m)] = (np.mean(accs), se(accs), np.mean(secs), accs)
+                    log(f"{arch} {args.size}px {ds} {n}/class {m}: {np.mean(accs):.3f} ± {se(accs):.3f} se "
+                        f"({np.mean(secs):.0f} s)")
     return rows
+
+
+def se(xs):
+    "Standard error of the mean (nan for one value)."
+    xs = np.asarray(xs, dtype=float)
+    return xs.std(ddof=1) / np.sqrt(len(xs)) if len(xs) > 1 else float('nan')
+
+
+def accuracy_lines(args, rows):
+    "The markdown tables of `accuracy_table`'s rows: accuracy, fine_tune_gradual vs the anchors, paired differences."
+    short = lambda a: a.replace('tf_efficientnet_', '')
+    px = f'{args.size} px'
+    lines = ['', f'## Accuracy (embedded ImageNet weights; mean ± se over {args.seeds} paired seed(s); wall time per '
+             'run, mean over seeds)', '', '| arch | size | dataset | per class | method | accuracy | time (s) |',
+             '|---|---|---|---|---|---|---|']
+    for (arch, ds, n, m), (mu, s, t, _) in rows.items():
+        lines.append(f'| {short(arch)} | {px} | {ds} | {n} | {m} | {mu:.3f} ± {s:.3f} | {t:.0f} |')
+    anchors = ('fine_tune_gradual', 'fastai fine_tune', 'logistic regression (frozen features)')
+    cells = [(a, ds, n) for a in args.archs for ds in args.datasets for n in args.budgets]
+    if all(m in METHODS for m in anchors):
+        lines += ['', '### fine_tune_gradual vs. the anchors', '', '| arch | size | dataset | per class | '
+                  'fine_tune_gradual | fastai fine_tune | logistic regression | beats both |',
+                  '|---|---|---|---|---|---|---|---|']
+        for c in cells:
+            g, f, l = (rows[c + (m,)][0] for m in anchors)
+            lines.append(f'| {short(c[0])} | {px} | {c[1]} | {c[2]} | {g:.3f} | {f:.3f} | {l:.3f} | '
+                         f'{"yes" if g > f and g > l else "**no**"} |')
+    if 'fine_tune_gradual' in METHODS:
+        lines += ['', '### Paired differences (a seed draws the same labelled images for every method)', '',
+                  '| arch | size | dataset | per class | fine_tune_gradual minus | mean ± se (points) | '
+                  'seeds it wins / ties / loses |', '|---|---|---|---|---|---|---|']
+        for c in cells:
+            g = np.array(rows[c + ('fine_tune_gradual',)][3])
+            for m in ('logistic regression (frozen features)', 'fastai fine_tune'):
+                if m not in METHODS: continue
+                d = 100 * (g - np.array(rows[c + (m,)][3]))
+                lines.append(f'| {short(c[0])} | {px} | {c[1]} | {c[2]} | {m} | {d.mean():+.2f} ± {se(d):.2f} | '
+                             f'{(d > 0).sum()} / {(d == 0).sum()} / {(d < 0).sum()} |')
+    scales = sorted({lr_scale(m) for m in METHODS if lr_scale(m) is not None} | {1.0})
+    if len(scales) > 1 and 'fine_tune_gradual' in METHODS:
+        name = lambda k: 'fine_tune_gradual' if k == 1 else LR_SWEEP.format(k)
+        lines += ['', '### fine_tune_gradual at auto_base_lr times k (mean ± se; paired difference to k = 1 in points)',
+                  '', '| arch | size | dataset | per class | auto_base_lr | ' + ' | '.join(f'k = {k:g}' for k in scales)
+                  + ' | best k |', '|---|---|---|---|---|' + '---|' * len(scales) + '---|']
+        for c in cells:
+            ref = np.array(rows[c + ('fine_tune_gradual',)][3])
+            cols = []
+            for k in scales:
+                a = np.array(rows[c + (name(k),)][3])
+                d = 100 * (a - ref)
+                cols.append(f'{a.mean():.3f} ± {se(a):.3f}' + ('' if k == 1 else f' ({d.mean():+.1f} ± {se(d):.1f})'))
+            best = max(scales, key=lambda k: rows[c + (name(k),)][0])
+            lr = auto_base_lr_for(c[1], c[2])
+            lines.append(f'| {short(c[0])} | {px} | {c[1]} | {c[2]} | {lr:.2g} | ' + ' | '.join(cols) + f' | {best:g} |')
+    return lines
+
+
+def auto_base_lr_for(ds, n):
+    "auto_base_lr of a (dataset, per-class) cell, from its class count alone (what the rule reads)."
+    from types import SimpleNamespace
+    return auto_base_lr(SimpleNamespace(train_ds=range(10 * n), c=10))
 
 
 def forgetting(args, log):
@@ -163,7 +253,7 @@ def forgetting(args, log):
 def overhead(args, log):
     "Epoch time of a plain fit vs. the same fit with the schedule callbacks (everything trainable in both)."
     dls = make_dls('digits', 100, args.size, 0, 100, args.device)
-    learn = new_learner(dls)
+    learn = new_learner(dls, arch=args.archs[0])
     learn.unfreeze()
     times = {'plain': [], 'callbacks': []}
     n = len(learn.opt.param_lists) if learn.opt else 9
@@ -191,6 +281,11 @@ def main():
     ap.add_argument('--methods', nargs='*', default=None, help='subset of the methods, by exact name')
     ap.add_argument('--epochs', type=int, default=None, help='epochs per method (default: 6, quick 4)')
     ap.add_argument('--seeds', type=int, default=None, help='seeds per cell (default: 3, quick 1)')
+    ap.add_argument('--archs', nargs='*', default=[ARCH], help=f'backbones: lite0 lite1 lite2 or timm names (default: {ARCH})')
+    ap.add_argument('--size', type=int, default=None, help='image side in px (default: 64, quick 32)')
+    ap.add_argument('--lr-scales', nargs='*', type=float, default=[],
+                    help='also run fine_tune_gradual at auto_base_lr times each factor (1 is fine_tune_gradual itself)')
+    ap.add_argument('--cache', default=None, help='JSON file of measured runs: reused when present, extended as runs finish')
     cli = ap.parse_args()
     args = argparse.Namespace(**vars(cli))  # a copy: the presets below must not overwrite --datasets/--budgets
     if args.quick:
@@ -203,47 +298,32 @@ def main():
     if cli.seeds: args.seeds = cli.seeds
     if cli.datasets: args.datasets = cli.datasets
     if cli.budgets: args.budgets = cli.budgets
-    if cli.methods: METHODS[:] = [m for m in METHODS if m in cli.methods]
+    if cli.size: args.size = cli.size
+    args.archs = [arch_name(a) for a in cli.archs]
+    torch.set_num_threads(2)
+    if cli.methods:
+        unknown = [m for m in cli.methods if m not in METHODS]
+        if unknown: ap.error(f"unknown method(s) {unknown}; valid: {METHODS}")
+        METHODS[:] = [m for m in METHODS if m in cli.methods]
+    METHODS.extend(LR_SWEEP.format(k) for k in cli.lr_scales if k != 1)
     lines = []
     def log(s): print(s, flush=True)
     t0 = time.time()
     lines += [f"# Transfer-learning schedules ({'quick' if args.quick else 'full'} run"
-              f"{', ' + str(args.epochs) + ' epochs' if cli.epochs else ''}{', subset of methods' if cli.methods else ''})", '',
-              f"Command: `.venv/bin/python bench/transfer.py {' '.join(sys.argv[1:])}`  ",
+              f"{', ' + str(args.epochs) + ' epochs' if cli.epochs else ''}{', subset of methods' if cli.methods else ''}; "
+              f"{', '.join(a.replace('tf_efficientnet_', '') for a in args.archs)} at {args.size} px)", '',
+              f"Command: `.venv/bin/python bench/transfer.py {shlex.join(sys.argv[1:])}`  ",
               f"Date: {datetime.datetime.now():%Y-%m-%d %H:%M}  ", f"Machine: {machine()}  ",
               f"Device: {args.device}; {args.size} px; {args.epochs} epochs; bs 32; {args.seeds} seed(s); "
               f"validation: {args.n_valid} held-out images (digits: a fixed subset, Fashion-MNIST: the first test images)."]
     if args.shared: lines.append('\n**The 2-core machine was shared with other work during this run: times are noisy.**')
     if 'accuracy' not in args.skip:
+        args.run_dates = []
         rows = accuracy_table(args, log)
-        lines += ['', f'## Accuracy ({ARCH}, embedded ImageNet weights; mean ± sd over seeds; wall time per cell)', '',
-                  '| dataset | per class | method | accuracy | time (s) |', '|---|---|---|---|---|']
-        for (ds, n, m), (mu, sd, s, _) in rows.items():
-            lines.append(f'| {ds} | {n} | {m} | {mu:.3f} ± {sd:.3f} | {s:.0f} |')
-        anchors = ('fine_tune_gradual', 'fastai fine_tune', 'logistic regression (frozen features)')
-        if all(m in METHODS for m in anchors):
-            lines += ['', '### fine_tune_gradual vs. the anchors', '', '| dataset | per class | fine_tune_gradual | '
-                      'fastai fine_tune | logistic regression | beats both |', '|---|---|---|---|---|---|']
-        for ds in args.datasets:
-            for n in args.budgets:
-                if not all((ds, n, m) in rows for m in ('fine_tune_gradual', 'fastai fine_tune',
-                                                         'logistic regression (frozen features)')): continue
-                g, f, l = (rows[(ds, n, m)][0] for m in ('fine_tune_gradual', 'fastai fine_tune',
-                                                           'logistic regression (frozen features)'))
-                lines.append(f'| {ds} | {n} | {g:.3f} | {f:.3f} | {l:.3f} | {"yes" if g > f and g > l else "**no**"} |')
-        lines += ['', '### Paired differences (a seed draws the same labelled images for every method)', '',
-                  '| dataset | per class | fine_tune_gradual minus | mean ± se (points) | seeds it wins / ties / loses |',
-                  '|---|---|---|---|---|']
-        for ds in args.datasets:
-            for n in args.budgets:
-                if (ds, n, 'fine_tune_gradual') not in rows: continue
-                g = np.array(rows[(ds, n, 'fine_tune_gradual')][3])
-                for m in ('logistic regression (frozen features)', 'fastai fine_tune'):
-                    if (ds, n, m) not in rows: continue
-                    d = 100 * (g - np.array(rows[(ds, n, m)][3]))
-                    se = d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float('nan')
-                    lines.append(f'| {ds} | {n} | {m} | {d.mean():+.2f} ± {se:.2f} | '
-                                 f'{(d > 0).sum()} / {(d == 0).sum()} / {(d < 0).sum()} |')
+        if args.cache:
+            lines.append(f'Runs collected from `{args.cache}` (measured in parts on this machine, each under the benchmark '
+                         f'lock): {min(args.run_dates)} to {max(args.run_dates)}.')
+        lines += accuracy_lines(args, rows)
     if 'forgetting' not in args.skip:
         src0, out = forgetting(args, log)
         lines += ['', '## Forgetting (resnet10t from scratch on digits 0-4, then 10 labels per class of 5-9, 32 px)', '',
