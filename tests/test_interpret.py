@@ -546,3 +546,15 @@ def test_occlusion_folds_batchnorms_only_where_it_can_pay(monkeypatch, size, fol
     model = timm.create_model('resnet10t', num_classes=4).eval()
     occ.occlusion_attribution(model, torch.randn(1, 3, size, size), window=16, stride=8, progress=False)
     assert seen == [folded]
+
+
+def test_tuned_batches_time_whole_images_in_cache_sized_batches_too():
+    "A whole-image path that slows per window as batches grow (a depthwise-heavy net out of cache) runs in small ones."
+    import time
+    from fastai_cnntricks.interpret._occlusion import tuned_batches
+    pos = torch.cartesian_prod(torch.arange(15), torch.arange(15))
+    def out_of_cache(iy, ix): time.sleep(0.0002 * len(iy) ** 2)  # per window: 3 ms at 16, 13 ms at 64
+    def slow_each(iy, ix): time.sleep(0.02 * len(iy))
+    got = [(p, f) for p, f in tuned_batches(pos, dict(incremental=slow_each, full=out_of_cache), cap=64)
+           if f(p[:, 0], p[:, 1]) is None]
+    assert got[-1][1] is out_of_cache and len(got[-1][0]) <= 16

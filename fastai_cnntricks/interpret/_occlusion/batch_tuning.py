@@ -25,8 +25,9 @@ def _sync(device):
 def tuned_batches(pos: torch.Tensor, paths: dict, *, batch_size=None, cap: int = 64):
     """Yield (positions, forward) batches covering every row of `pos` (windows (N, 2)) once. With a `batch_size`,
     the first of `paths` (name -> forward, 'full' last) in that size. Without, the whole-image path runs one batch
-    of the largest size of `batch_ladder` (whole images want large batches), every other path one of the middle
-    size and, if it is the fastest per window, one of the next smaller size (crops may run faster in cache); each
+    of the largest size of `batch_ladder` and one of the middle size (compute-bound nets want large batches,
+    depthwise-heavy ones cache-sized ones), every other path one of the middle size and, if it is the fastest per
+    window, one of the next smaller size (crops may run faster in cache); each
     trial is timed around its yield (the consumer's work), and the rest runs in the fastest configuration."""
     if batch_size is not None:
         yield from ((p, next(iter(paths.values()))) for p in pos.split(batch_size))
@@ -36,6 +37,7 @@ def tuned_batches(pos: torch.Tensor, paths: dict, *, batch_size=None, cap: int =
         *cropped, full = paths.values()
         mid = len(ladder) // 2
         yield ladder[-1], full
+        if mid != len(ladder) - 1: yield ladder[mid], full  # depthwise-heavy nets run faster in cache-sized batches
         for fwd in cropped: yield ladder[mid], fwd
         bs, fwd = min(timings, key=timings.get)
         if fwd is not full and mid > 0: yield ladder[mid - 1], fwd
