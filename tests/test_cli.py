@@ -84,9 +84,10 @@ def test_demo_writes_report(tmp_path):
     # the label check chose the augmentation: both axes, per class, the policy trained with, in the metrics and the page
     assert set(m['label_safe_magnitudes']) == set(m['robustness_safe_magnitudes']) >= {'rotate', 'shift', 'hflip'}
     assert set(m['label_safe_per_class']) == {str(i) for i in range(10)}
-    assert m['policy'] == 'label_safe' and m['policy_texts'] and m['label_check']['n_items'] == 64
+    from fastai_cnntricks.demo import POLICY
+    assert m['policy'] == POLICY and m['policy_texts'] and m['label_check']['n_items'] == 64
     assert all(' up to ' in t or ' on ' in t for t in m['suggested_transforms'])
-    for part in ('Label-safe magnitude per class', 'Colliding class pairs', 'Trained with: label_safe',
+    for part in ('Label-safe magnitude per class', 'Colliding class pairs', f'Trained with: {POLICY}',
                  'robustness_safe_magnitude'):
         assert part in page, part
     assert {'label_check_s', 'fit_s', 'report_s'} <= set(m)
