@@ -42,8 +42,12 @@ def arch_name(a):
 def make_dls(dataset, n, size, seed, n_valid, device):
     if dataset == 'digits':
         x, y = digits_arrays()
-        tr = few_shot_idxs(y, n, seed)
-        rest = np.setdiff1d(np.arange(len(y)), few_shot_idxs(y, 100, 0) if n <= 100 else tr)
+        # Every seed draws its training images from one fixed pool of 100 per class and validates on the images
+        # outside it (the same for every budget and seed). Drawing from all images, as this did before 2026-12-02,
+        # put training images of seeds > 0 into validation (about 44% of each draw).
+        pool = few_shot_idxs(y, 100, 0) if n <= 100 else np.arange(len(y))
+        tr = pool[few_shot_idxs(y[pool], n, seed)] if n <= 100 else few_shot_idxs(y, n, seed)
+        rest = np.setdiff1d(np.arange(len(y)), pool if n <= 100 else tr)
         va = np.random.default_rng(123).permutation(rest)[:n_valid]  # fixed across budgets and seeds
         idx = np.concatenate([tr, va])
         return array_dls(x[idx], y[idx], size, valid_idxs=list(range(len(tr), len(idx))), bs=32, seed=seed, device=device,
