@@ -59,8 +59,8 @@ def _class_conditional(inv):
 
 # The augmentation policies the demo can train with: name -> policy(label report) -> (batch tfms, description lines).
 POLICIES = {'label_safe': _label_safe, 'bounded_trivial': _bounded_trivial, 'class_conditional': _class_conditional,
-            'none': lambda inv: ([], ['no augmentation: no label-safe policy beat it in the few-shot payoff bench '
-                                      '(bench/results/label_payoff.md)'])}
+            'none': lambda inv: ([], ['no augmentation: no policy beat it by two standard errors in the few-shot '
+                                      'payoff bench (bench/results/label_payoff.md)'])}
 # The policy the demo trains with, one of POLICIES (switching it is this one line): the best measured arm of
 # bench/label_payoff.py under fine_tune_gradual, which on digits is no augmentation; the label check still
 # reports what may change.
