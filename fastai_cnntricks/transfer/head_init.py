@@ -72,10 +72,7 @@ def probe_init_head(self: Learner,
     head then starts invariant to them instead of meeting them first at SGD's few steps."""
     if wd is not None: check_positive('wd', wd, allow_zero=True)
     check_count('max_iter', max_iter); check_count('max_batches', max_batches, allow_none=True)
-    check_count('aug_copies', aug_copies, allow_zero=True)
-    if aug_copies and dl is not None:
-        raise CnnTricksError("aug_copies needs dl=None: the augmented copies are drawn by the training DataLoader")
-    head = classifier_layer(self.model)
+    head = classifier_layer(self.model)  # train_features checks aug_copies before any forward pass
     x, y = train_features(self, dl, max_batches, aug_copies=aug_copies)
     if wd is None and aug_copies: wd = (1 + aug_copies) / len(y)  # 1/n for the n images the copies come from
     if x.shape[1] != head.in_features:
