@@ -317,6 +317,30 @@ def test_local_geometry_measures_receptive_fields(module, geometry):
     assert local_geometry(module, torch.randn(1, 3, 64, 61)) == geometry
 
 
+@pytest.mark.parametrize('arch', ['resnet18', 'tf_efficientnet_lite0', 'convnext_atto'])
+def test_known_geometry_is_what_measuring_finds(monkeypatch, arch):
+    "Plain convolutions and elementwise modules get their geometry from their settings: the same as measured."
+    import timm
+    import fastai_cnntricks.interpret._occlusion.receptive_field as rf
+    from fastai_cnntricks.interpret._occlusion.call_chain import forward_chain
+    model = timm.create_model(arch, num_classes=4).eval()
+    extra = [nn.Conv2d(4, 4, 3, padding='same', dilation=2), nn.Conv2d(4, 4, 5, 2, padding='valid'),
+             nn.Conv2d(4, 4, (1, 3), 1, (0, 1)), nn.BatchNorm2d(4).eval(), nn.SiLU()]
+    x, pairs = torch.randn(1, 3, 128, 128), []  # maps of at least 12 px, where measuring can tell
+    with torch.no_grad():
+        for name, m in forward_chain(model, x):
+            if rf.known_geometry(m) is not None and min(x.shape[2:]) >= 12: pairs.append((name, m, x.clone()))
+            x = m(x)
+            if not (isinstance(x, torch.Tensor) and x.dim() == 4): break
+    pairs += [(repr(m), m, torch.randn(1, 4, 40, 40)) for m in extra]
+    assert len(pairs) >= 6, [n for n, _, _ in pairs]
+    known = {n: rf.known_geometry(m) for n, m, _ in pairs}
+    monkeypatch.setattr(rf, 'known_geometry', lambda m: None)
+    for name, m, a in pairs: assert rf.local_geometry(m, a) == known[name], name
+    bn_train = nn.BatchNorm2d(4).train()
+    assert rf._pointwise(bn_train) is False  # a training-mode norm mixes the batch: not elementwise
+
+
 def test_forward_chain_splits_sequences_and_keeps_blocks_whole():
     import timm
     from fastai_cnntricks.interpret._occlusion.call_chain import forward_chain
@@ -558,3 +582,32 @@ def test_tuned_batches_time_whole_images_in_cache_sized_batches_too():
     got = [(p, f) for p, f in tuned_batches(pos, dict(incremental=slow_each, full=out_of_cache), cap=64)
            if f(p[:, 0], p[:, 1]) is None]
     assert got[-1][1] is out_of_cache and len(got[-1][0]) <= 16
+
+
+def test_tuned_batches_try_the_largest_batch_only_where_it_can_pay():
+    "121 windows: after the middle-size trials too few are left for a batch of 64 to pay back a losing trial."
+    from fastai_cnntricks.interpret._occlusion import tuned_batches
+    def fast(iy, ix): return None
+    for n, tried in ((11, False), (15, True)):
+        pos = torch.cartesian_prod(torch.arange(n), torch.arange(n))
+        got = [(p, f) for p, f in tuned_batches(pos, dict(incremental=fast, full=fast), cap=64)]
+        assert torch.equal(torch.cat([p for p, _ in got]), pos)
+        assert [len(p) for p, _ in got[:2]] == [16, 16]  # the cropped path first, then whole images
+        assert (len(got[2][0]) == 64) is tried, [len(p) for p, _ in got]
+
+
+def test_few_windows_run_in_one_pass_with_the_image():
+    "At most 64 windows on a CPU: the image and its occluded copies in one forward pass, the same map as captum's way."
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(4, 3)).eval()
+    calls = []
+    model.register_forward_pre_hook(lambda m, i: calls.append(len(i[0])))
+    x = torch.rand(1, 3, 32, 32)
+    attr, target, score = occlusion_attribution(model, x, window=8, stride=4, baseline=0., progress=False)
+    assert calls == [1 + 49]  # the user's hooks run in the copy too (as in a deep copy); one pass
+    with torch.no_grad(): ref = model(x).softmax(1)[0]
+    assert target == int(ref.argmax()) and score == pytest.approx(float(ref.max()), rel=1e-5)
+    slow, _, _ = occlusion_attribution(model, x, window=8, stride=4, baseline=0., batch_size=5, progress=False)
+    assert torch.allclose(attr, slow, atol=1e-6)  # the tuned path, 10 batches, agrees
+    with pytest.raises(CnnTricksError, match='target'):
+        occlusion_attribution(model, x, window=8, stride=4, target=3, progress=False)

@@ -15,7 +15,8 @@ import matplotlib.pyplot as plt
 
 from ..core import (CnnTricksError, check_bool, check_choice, check_count, check_int, check_number, check_type,
                     model_device, preserve_model)
-from ._occlusion import activation_bytes, batch_ladder, inference_copy, tuned_batches, window_forward
+from ._occlusion import (WindowGrid, activation_bytes, batch_ladder, inference_copy, occluded_images, tuned_batches,
+                         window_forward)
 from .inputs import (check_finite, check_stats, first_conv, image_batch, input_stats, model_dtype, to_display,
                      usable_model)
 from .memformat import memory_format, memory_format_for
@@ -199,6 +200,28 @@ def _refined_drops(model, x, base, settings, *, refine, n_windows, progress, sco
     return score, torch.where(torch.isnan(drops), est, drops)
 
 
+def _one_batch_drops(model, x, base, window, stride, target, output, channels_last):
+    "The image and all its occluded copies in one forward pass -> (target score of x, drops (nh, nw), target)."
+    _, _, h, w = x.shape
+    ys, xs = window_starts(h, window[0], stride[0]).to(x.device), window_starts(w, window[1], stride[1]).to(x.device)
+    iy, ix = torch.cartesian_prod(torch.arange(len(ys), device=x.device), torch.arange(len(xs), device=x.device)).T
+    xb = torch.cat([x.permute(0, 2, 3, 1), occluded_images(x, base, WindowGrid(window, ys, xs))(iy, ix).permute(
+        0, 2, 3, 1)]).permute(0, 3, 1, 2)  # channels-last memory, NCHW view
+    logits = model(_in_format(xb, channels_last))
+    target = _target(logits, target)
+    scores = _score(logits, target, output)
+    return scores[0], (scores[0] - scores[1:]).reshape(len(ys), len(xs)), target
+
+
+def _target(logits, target):
+    "The class whose drops are recorded: `target`, or the image's (first row's) predicted class."
+    n_out = logits.shape[1]
+    if target is None: return int(logits.argmax(1)[0])
+    if int(target) >= n_out:
+        raise CnnTricksError(f"target={target!r} is not valid; pass a class index 0..{n_out - 1} or None")
+    return int(target)
+
+
 def occlusion_attribution(model, x, target=None, window=16, stride=8, baseline=0., output='prob', batch_size=None,
                           *, channels_last=True, refine=None, stats=None, progress=True, fold_bn=True,
                           incremental=True):
@@ -220,14 +243,16 @@ def occlusion_attribution(model, x, target=None, window=16, stride=8, baseline=0
     # folding costs a traced pass, a checking pass and new weights, more than it saves on one batch of windows
     # (bench/RESULTS.md, occlusion at 64 px)
     fold_bn = fold_bn and nh * nw >= FOLD_MIN_WINDOWS
+    if refine is None and batch_size is None and x.device.type == 'cpu' and nh * nw < FOLD_MIN_WINDOWS:
+        # few windows on a CPU: the image itself rides in their one batch (no probing pass; memory is not the limit)
+        with preserve_model(model), torch.no_grad():
+            score, drops, target = _one_batch_drops(inference_copy(model, x, channels_last=channels_last, fold_bn=False),
+                                                    x, base, window, stride, target, output, channels_last)
+        return drops_to_map(drops, (h, w), window, stride).cpu(), target, float(score)
     with preserve_model(model), torch.no_grad():
         # one probing pass of the copy gives the target, its score and the memory a window costs
         model, logits, per_image = inference_copy(model, x, channels_last=channels_last, fold_bn=fold_bn, probe=True)
-        n_out = logits.shape[1]
-        if target is None: target = int(logits.argmax(1)[0])
-        elif int(target) >= n_out:
-            raise CnnTricksError(f"target={target!r} is not valid; pass a class index 0..{n_out - 1} or None")
-        settings = OcclusionSettings(window, stride, int(target), output=output,
+        settings = OcclusionSettings(window, stride, _target(logits, target), output=output,
                                      batch_size=batch_size, channels_last=channels_last, incremental=incremental,
                                      max_batch=auto_batch_size(model, x, per_image=per_image) if batch_size is None
                                      else batch_size)

@@ -3,4 +3,4 @@ from one traced call, receptive fields measured per module, and the forward pass
 incrementally through that chain. Only `occlusion.py` uses it; nothing here is public API."""
 from .batch_tuning import batch_ladder, tuned_batches
 from .inference_copy import activation_bytes, inference_copy, fold_batchnorms, set_module
-from .window_forward import WindowGrid, window_forward
+from .window_forward import WindowGrid, occluded_images, window_forward

@@ -11,6 +11,8 @@ import torch
 
 __all__ = ['batch_ladder', 'tuned_batches']
 
+LARGE_TRIAL_PAYBACK = 2  # the largest batch is tried only with at least this many such batches of windows left
+
 
 def batch_ladder(device: torch.device, cap: int) -> list:
     "Candidate batch sizes for `device`, none above `cap` (what fits memory); the smallest one even beyond it."
@@ -24,11 +26,12 @@ def _sync(device):
 
 def tuned_batches(pos: torch.Tensor, paths: dict, *, batch_size=None, cap: int = 64):
     """Yield (positions, forward) batches covering every row of `pos` (windows (N, 2)) once. With a `batch_size`,
-    the first of `paths` (name -> forward, 'full' last) in that size. Without, the whole-image path runs one batch
-    of the largest size of `batch_ladder` and one of the middle size (compute-bound nets want large batches,
-    depthwise-heavy ones cache-sized ones), every other path one of the middle size and, if it is the fastest per
-    window, one of the next smaller size (crops may run faster in cache); each
-    trial is timed around its yield (the consumer's work), and the rest runs in the fastest configuration."""
+    the first of `paths` (name -> forward, 'full' last) in that size. Without, every path runs one batch of the middle
+    size of `batch_ladder` (cropped ones first: they are usually the fastest), the whole-image path also one of the
+    largest size where enough windows are left for a win there to pay for the trial (compute-bound nets want large
+    batches, depthwise-heavy ones cache-sized ones), and the fastest cropped path, if it is the fastest per window,
+    one of the next smaller size (crops may run faster in cache); each trial is timed around its yield (the
+    consumer's work), and the rest runs in the fastest configuration."""
     if batch_size is not None:
         yield from ((p, next(iter(paths.values()))) for p in pos.split(batch_size))
         return
@@ -36,9 +39,9 @@ def tuned_batches(pos: torch.Tensor, paths: dict, *, batch_size=None, cap: int =
     def trials():
         *cropped, full = paths.values()
         mid = len(ladder) // 2
-        yield ladder[-1], full
-        if mid != len(ladder) - 1: yield ladder[mid], full  # depthwise-heavy nets run faster in cache-sized batches
         for fwd in cropped: yield ladder[mid], fwd
+        yield ladder[mid], full
+        if mid != len(ladder) - 1 and len(pos) - done >= LARGE_TRIAL_PAYBACK * ladder[-1]: yield ladder[-1], full
         bs, fwd = min(timings, key=timings.get)
         if fwd is not full and mid > 0: yield ladder[mid - 1], fwd
     for bs, fwd in trials():

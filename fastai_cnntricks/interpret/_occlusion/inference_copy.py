@@ -6,7 +6,6 @@ and a bias; folding saves one pass over every activation (timings: bench/RESULTS
 the original on the caller's input and discarded if they differ; the user's model is never touched.
 """
 from __future__ import annotations
-import copy
 
 import torch
 from torch import nn
@@ -77,9 +76,8 @@ def light_copy(model: nn.Module) -> nn.Module:
 
     def module(m):
         if id(m) in memo: return memo[id(m)]
-        c = memo[id(m)] = copy.copy(m)
-        for k, v in vars(m).items():
-            if isinstance(v, (dict, set)): c.__dict__[k] = copy.copy(v)
+        c = memo[id(m)] = object.__new__(type(m))  # copy.copy's own path, without its generic dispatch per object
+        c.__dict__.update({k: v.copy() if isinstance(v, (dict, set)) else v for k, v in vars(m).items()})
         c._parameters = {k: param(p) for k, p in m._parameters.items()}
         c._buffers = {k: None if b is None else b.clone() for k, b in m._buffers.items()}  # small; a train-mode
         c._modules = {k: None if s is None else module(s) for k, s in m._modules.items()}  # pass updates them in place

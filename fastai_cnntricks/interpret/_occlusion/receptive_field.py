@@ -5,14 +5,17 @@ Perturbing input rows r and r + 1 changes output rows ceil((r - hi) / s) .. floo
 j depends only on input rows j*s - lo .. j*s + hi (two rows, so that a kernel dilated by 2 has no blind rows). We
 perturb `rows` such pairs of rows (and of columns) of a crop of the module's real input, one per batch item, and read
 s, lo and hi off the changed outputs; a module that is not local (it pools globally, say) or that the crop is too
-small to tell about gives None.
+small to tell about gives None. Plain convolutions and elementwise modules (norms in eval mode, activations), most of
+an opening chain, have their geometry read off their settings instead: measuring each cost about as much as the
+windows it saves at small sizes. Either way the scheme is checked against full passes before it is used.
 """
 from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+from torch import nn
 
-__all__ = ['AxisGeometry', 'local_geometry']
+__all__ = ['AxisGeometry', 'known_geometry', 'local_geometry']
 
 
 class AxisGeometry(NamedTuple):
@@ -45,12 +48,46 @@ def _centred_crop(n, size):
     return start, length
 
 
+_POINTWISE = (nn.Identity, nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh,
+              nn.LeakyReLU, nn.ELU, nn.Mish, nn.Dropout, nn.Dropout2d)
+
+
+def _pointwise(module):
+    "An elementwise module in eval mode (activations, inference BatchNorms, timm's BatchNormAct2d of such an activation)."
+    if type(module) in _POINTWISE: return True
+    if type(module) is nn.BatchNorm2d: return not module.training and module.track_running_stats
+    if type(module).__name__ == 'BatchNormAct2d':
+        return (not module.training and module.track_running_stats and _pointwise(getattr(module, 'act', nn.Identity()))
+                and _pointwise(getattr(module, 'drop', nn.Identity())))
+    return False
+
+
+def _conv_geometry(conv):
+    "(stride, lo, hi) per axis of a zero-padded nn.Conv2d, from its kernel, stride, padding and dilation; else None."
+    if type(conv) is not nn.Conv2d or conv.padding_mode != 'zeros': return None
+    if isinstance(conv.padding, str):
+        if conv.padding == 'valid': pads = (0, 0)
+        else: pads = tuple(d * (k - 1) // 2 for k, d in zip(conv.kernel_size, conv.dilation))  # 'same' (stride 1)
+    else: pads = conv.padding
+    return tuple(AxisGeometry(s, p, d * (k - 1) - p)
+                 for k, s, p, d in zip(conv.kernel_size, conv.stride, pads, conv.dilation))
+
+
+def known_geometry(module):
+    "The geometry of a module whose settings give it (plain convolutions, elementwise modules), else None."
+    if _pointwise(module): return AxisGeometry(1, 0, 0), AxisGeometry(1, 0, 0)
+    return _conv_geometry(module)
+
+
 @torch.no_grad()
 def local_geometry(module, a: torch.Tensor, size: int = 48, rows: int = 4):
     """((stride, lo, hi) along height, the same along width) for `module` fed `a` (1, C, H, W): output (j, k)
     depends only on input rows j*stride - lo .. j*stride + hi and likewise for columns; None if not local or not
     measurable here. `rows` consecutive rows are perturbed: strides up to `rows` are told apart."""
-    if not (isinstance(a, torch.Tensor) and a.dim() == 4 and len(a) == 1 and min(a.shape[2:]) >= 12): return None
+    if not (isinstance(a, torch.Tensor) and a.dim() == 4 and len(a) == 1): return None
+    known = known_geometry(module)
+    if known is not None: return known
+    if min(a.shape[2:]) < 12: return None
     _, c, h, w = a.shape
     (y0, lh), (x0, lw) = _centred_crop(h, size), _centred_crop(w, size)
     crop = a[:, :, y0:y0 + lh, x0:x0 + lw]

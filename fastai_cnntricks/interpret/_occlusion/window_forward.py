@@ -28,7 +28,7 @@ from .call_chain import forward_chain
 from .inference_copy import set_module
 from .receptive_field import local_geometry
 
-__all__ = ['WindowGrid', 'window_forward']
+__all__ = ['WindowGrid', 'occluded_images', 'window_forward']
 
 
 class WindowGrid(NamedTuple):
@@ -46,20 +46,30 @@ class AxisCrop(NamedTuple):
     start: torch.Tensor  # (n windows,) crop start
 
 
-def _full_forward(model, x, base, grid, channels_last):
-    "Occluded images built in one vectorized `where` (no per-window loop), in the model's memory format."
+def occluded_images(x, base, grid):
+    """(iy, ix) -> the images `x` occluded by `base` in those windows (index tensors (B,) each), built in one
+    vectorized `where` (no per-window loop), as an NCHW view of channels-last memory."""
     _, _, h, w = x.shape
     hh, ww = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
     x_hwc, base_hwc = x.permute(0, 2, 3, 1), base.expand_as(x).permute(0, 2, 3, 1)
 
-    def occluded_images(iy, ix):  # window indices (B,) each
+    def images(iy, ix):
         y0, x0 = grid.ys[iy], grid.xs[ix]
         rows = (hh >= y0[:, None]) & (hh < y0[:, None] + grid.window[0])
         cols = (ww >= x0[:, None]) & (ww < x0[:, None] + grid.window[1])
         mask = (rows[:, :, None] & cols[:, None, :])[..., None]  # (B, H, W, 1)
-        xb = torch.where(mask, base_hwc, x_hwc).permute(0, 3, 1, 2)  # NCHW view of NHWC (channels-last) memory
+        return torch.where(mask, base_hwc, x_hwc).permute(0, 3, 1, 2)
+    return images
+
+
+def _full_forward(model, x, base, grid, channels_last):
+    "(iy, ix) -> the model's logits on the occluded images, in the model's memory format."
+    images = occluded_images(x, base, grid)
+
+    def occluded_forward(iy, ix):
+        xb = images(iy, ix)
         return model(xb if channels_last else xb.contiguous())
-    return occluded_images
+    return occluded_forward
 
 
 def _ceil_div(a, b): return -((-a) // b)
