@@ -16,7 +16,7 @@ import timm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from fastai_cnntricks.interpret import occlusion_attribution, window_starts, render, memory_format
-from fastai_cnntricks.interpret.occlusion import FOLD_MIN_WINDOWS
+from fastai_cnntricks.interpret.occlusion import WHOLE_IMAGE_MAX_WINDOWS
 from fastai_cnntricks.interpret.featvis_objectives import channel
 from fastai_cnntricks.interpret._occlusion import inference_copy, window_forward
 from machine import results_table  # noqa: E402
@@ -71,9 +71,9 @@ def bench_occlusion(arch, size, dev, rows, window=16, stride=8, ppes=(16, 64, 25
     ys = window_starts(size, window, stride).to(dev)
     with window_forward(inference_copy(model, x), x, torch.zeros_like(x), (window, window), ys, ys) as f:
         last_unit = f.units[-1] if f.units else None
-    if dev.type == 'cpu' and n < FOLD_MIN_WINDOWS: last_unit = None  # few windows: one whole-image pass, no crops
-    path = f'incremental through {last_unit}' if last_unit else (
-        'one whole-image pass with the image' if dev.type == 'cpu' and n < FOLD_MIN_WINDOWS else 'whole images')
+    few = dev.type == 'cpu' and n <= WHOLE_IMAGE_MAX_WINDOWS
+    if few: last_unit = None  # few windows: whole images, no crops
+    path = f'incremental through {last_unit}' if last_unit else 'whole images, with the image' if few else 'whole images'
     occ = lambda: occlusion_attribution(model, x, target, window, stride, 0., 'prob', progress=False)
     fwd = lambda z: model(z).softmax(1)
     def captum_run(ppe):

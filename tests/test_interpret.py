@@ -222,9 +222,10 @@ def test_inference_copy_folds_batchnorms_and_leaves_the_model(arch):
 
 # --- occlusion --------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize('window,stride,output,channels_last', [(8, 4, 'prob', True), (8, 5, 'logit', False),
-                                                                 (12, 6, 'prob', False)])
-def test_occlusion_equals_captum(window, stride, output, channels_last):
+@pytest.mark.parametrize('window,stride,output,channels_last,batch_size', [
+    (8, 4, 'prob', True, 16), (8, 5, 'logit', False, 16), (12, 6, 'prob', False, 16),
+    (8, 4, 'logit', True, None)])  # None: 49 windows, one pass with the image
+def test_occlusion_equals_captum(window, stride, output, channels_last, batch_size):
     from captum.attr import Occlusion
     import timm
     torch.manual_seed(0)
@@ -232,7 +233,7 @@ def test_occlusion_equals_captum(window, stride, output, channels_last):
     random_bn_stats(model)  # so that folding them into the convolutions is really exercised
     x = torch.randn(1, 3, 32, 32)
     attr, target, _ = occlusion_attribution(model, x, window=window, stride=stride, baseline=-0.5, output=output,
-                                            batch_size=16, channels_last=channels_last, progress=False)
+                                            batch_size=batch_size, channels_last=channels_last, progress=False)
     fwd = (lambda z: model(z).softmax(1)) if output == 'prob' else model
     ref = Occlusion(fwd).attribute(x, sliding_window_shapes=(3, window, window), strides=(3, stride, stride),
                                    baselines=-0.5, target=target, perturbations_per_eval=16)
@@ -560,9 +561,9 @@ def test_light_copy_shares_storage_but_changes_to_the_copy_leave_the_model_as_fo
     assert isinstance(model.layer4, nn.Sequential) and not model.layer2._forward_hooks
 
 
-@pytest.mark.parametrize('size,folded', [(64, False), (96, True)])
+@pytest.mark.parametrize('size,folded', [(64, False), (96, False), (128, True)])
 def test_occlusion_folds_batchnorms_only_where_it_can_pay(monkeypatch, size, folded):
-    "49 windows run as one batch, which never pays back folding's two extra passes; 121 windows do."
+    "49 or 121 windows run as one or two whole-image batches, which never pay back folding's extra passes; 225 do."
     import timm
     import fastai_cnntricks.interpret.occlusion as occ
     seen, real = [], occ.inference_copy
@@ -597,7 +598,7 @@ def test_tuned_batches_try_the_largest_batch_only_where_it_can_pay():
 
 
 def test_few_windows_run_in_one_pass_with_the_image():
-    "At most 64 windows on a CPU: the image and its occluded copies in one forward pass, the same map as captum's way."
+    "Up to 128 windows on a CPU: the image and its occluded copies as whole images, the same map as captum's way."
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                           nn.Linear(4, 3)).eval()
     calls = []
@@ -605,6 +606,13 @@ def test_few_windows_run_in_one_pass_with_the_image():
     x = torch.rand(1, 3, 32, 32)
     attr, target, score = occlusion_attribution(model, x, window=8, stride=4, baseline=0., progress=False)
     assert calls == [1 + 49]  # the user's hooks run in the copy too (as in a deep copy); one pass
+    calls.clear()
+    wide = torch.rand(1, 3, 48, 48)  # 121 windows: two equal batches, the image in the first
+    attr2, _, _ = occlusion_attribution(model, wide, window=8, stride=4, baseline=0., progress=False)
+    assert calls == [61, 61]
+    calls.clear()
+    slow2, _, _ = occlusion_attribution(model, wide, window=8, stride=4, baseline=0., batch_size=7, progress=False)
+    assert torch.allclose(attr2, slow2, atol=1e-6)
     with torch.no_grad(): ref = model(x).softmax(1)[0]
     assert target == int(ref.argmax()) and score == pytest.approx(float(ref.max()), rel=1e-5)
     slow, _, _ = occlusion_attribution(model, x, window=8, stride=4, baseline=0., batch_size=5, progress=False)

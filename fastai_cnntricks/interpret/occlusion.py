@@ -26,7 +26,11 @@ __all__ = ['OcclusionSettings', 'window_starts', 'occlusion_baseline', 'auto_bat
            'drops_to_map', 'occlusion_attribution', 'faithfulness_curves']
 
 BASELINES = ['black', 'mean', 'blur']
-FOLD_MIN_WINDOWS = 65  # fewer windows run unfolded: one CPU batch of them never pays back the folding's two passes
+FOLD_MIN_WINDOWS = 65  # fewer windows run unfolded: one batch of them never pays back the folding's two passes
+# Up to two CPU batches of windows run as whole images, unfolded, untimed: at 96 px (121 windows) the crops save
+# under 1 ms a window, less than folding, planning the crops, checking them and timing batches cost
+# (bench/RESULTS.md, occlusion grid)
+WHOLE_IMAGE_MAX_WINDOWS = 128
 OUTPUTS = ['prob', 'logit']
 
 
@@ -200,16 +204,23 @@ def _refined_drops(model, x, base, settings, *, refine, n_windows, progress, sco
     return score, torch.where(torch.isnan(drops), est, drops)
 
 
-def _one_batch_drops(model, x, base, window, stride, target, output, channels_last):
-    "The image and all its occluded copies in one forward pass -> (target score of x, drops (nh, nw), target)."
+def _whole_image_drops(model, x, base, window, stride, target, output, channels_last, max_batch=64):
+    """The image and all its occluded copies as whole images, in equal batches of at most `max_batch`, the image
+    riding in the first (no probing pass of its own) -> (target score of x, drops (nh, nw), target)."""
     _, _, h, w = x.shape
     ys, xs = window_starts(h, window[0], stride[0]).to(x.device), window_starts(w, window[1], stride[1]).to(x.device)
     iy, ix = torch.cartesian_prod(torch.arange(len(ys), device=x.device), torch.arange(len(xs), device=x.device)).T
-    xb = torch.cat([x.permute(0, 2, 3, 1), occluded_images(x, base, WindowGrid(window, ys, xs))(iy, ix).permute(
-        0, 2, 3, 1)]).permute(0, 3, 1, 2)  # channels-last memory, NCHW view
-    logits = model(_in_format(xb, channels_last))
-    target = _target(logits, target)
-    scores = _score(logits, target, output)
+    images = occluded_images(x, base, WindowGrid(window, ys, xs))
+    idx = torch.arange(len(iy) + 1, device=x.device)  # 0: the image itself
+    scores = []
+    for part in idx.tensor_split(-(-len(idx) // max_batch)):
+        w_idx = part[part > 0] - 1
+        xb = images(iy[w_idx], ix[w_idx])
+        if part[0] == 0: xb = torch.cat([x.permute(0, 2, 3, 1), xb.permute(0, 2, 3, 1)]).permute(0, 3, 1, 2)
+        logits = model(_in_format(xb, channels_last))
+        if part[0] == 0: target = _target(logits, target)
+        scores.append(_score(logits, target, output))
+    scores = torch.cat(scores)
     return scores[0], (scores[0] - scores[1:]).reshape(len(ys), len(xs)), target
 
 
@@ -243,11 +254,12 @@ def occlusion_attribution(model, x, target=None, window=16, stride=8, baseline=0
     # folding costs a traced pass, a checking pass and new weights, more than it saves on one batch of windows
     # (bench/RESULTS.md, occlusion at 64 px)
     fold_bn = fold_bn and nh * nw >= FOLD_MIN_WINDOWS
-    if refine is None and batch_size is None and x.device.type == 'cpu' and nh * nw < FOLD_MIN_WINDOWS:
-        # few windows on a CPU: the image itself rides in their one batch (no probing pass; memory is not the limit)
+    if refine is None and batch_size is None and x.device.type == 'cpu' and nh * nw <= WHOLE_IMAGE_MAX_WINDOWS:
+        # few windows on a CPU: whole images, the image itself in their first batch (memory is not the limit here)
         with preserve_model(model), torch.no_grad():
-            score, drops, target = _one_batch_drops(inference_copy(model, x, channels_last=channels_last, fold_bn=False),
-                                                    x, base, window, stride, target, output, channels_last)
+            score, drops, target = _whole_image_drops(
+                inference_copy(model, x, channels_last=channels_last, fold_bn=False), x, base, window, stride, target,
+                output, channels_last, max_batch=max(batch_ladder(x.device, 2 ** 31)))
         return drops_to_map(drops, (h, w), window, stride).cpu(), target, float(score)
     with preserve_model(model), torch.no_grad():
         # one probing pass of the copy gives the target, its score and the memory a window costs
