@@ -240,7 +240,8 @@ def occlusion_attribution(model, x, target=None, window=16, stride=8, baseline=0
     `refine`: coarse-to-fine -- evaluate every other window, then only those whose evaluated neighbours differ by
     more than `refine` times the range of drops. The windows run through an `inference_copy` of `model` (eval,
     channels-last if asked, BatchNorms folded when `fold_bn`, the opening layers computed only around each window when
-    `incremental`); `model` itself is left as found. `x` is moved to the model's device and cast to its dtype.
+    `incremental`; on a CPU, up to `WHOLE_IMAGE_MAX_WINDOWS` windows run as whole unfolded images, where neither
+    pays); `model` itself is left as found. `x` is moved to the model's device and cast to its dtype.
     -> (map (H, W), target, score)."""
     flags = dict(channels_last=channels_last, progress=progress, fold_bn=fold_bn, incremental=incremental)
     window, stride = _check_settings(target=target, window=window, stride=stride, output=output,
@@ -331,7 +332,7 @@ def occlusion_map(self: Learner, img,  # anything `learn.predict` accepts, or a 
                   window: int = 16, stride: int = 8,  # occluding square's side and step, in px of the model input
                   baseline='mean',  # 'black', 'mean', 'blur', a number or a tensor in model-input space
                   output: str = 'prob',  # the drop in 'prob' (softmax probability) or 'logit'
-                  batch_size: int | None = None,  # perturbed images per forward pass (default: the fastest, measured)
+                  batch_size: int | None = None,  # perturbed images per forward pass (default: measured; few windows: all)
                   channels_last: bool = True,  # run in channels-last memory format (faster); the model is restored
                   refine: float | None = None,  # coarse-to-fine: refine where neighbours differ by > this x range
                   fold_bn: bool = True,  # run a copy with BatchNorms folded into their convolutions (faster)
