@@ -216,8 +216,7 @@ def _whole_image_drops(model, x, base, window, stride, target, output, channels_
     for part in idx.tensor_split(-(-len(idx) // max_batch)):
         w_idx = part[part > 0] - 1
         xb = images(iy[w_idx], ix[w_idx])
-        if part[0] == 0: xb = torch.cat([x.permute(0, 2, 3, 1), xb.permute(0, 2, 3, 1)]).permute(0, 3, 1, 2)
-        logits = model(_in_format(xb, channels_last))
+        logits = model(_in_format(torch.cat([x, xb]) if part[0] == 0 else xb, channels_last))
         if part[0] == 0: target = _target(logits, target)
         scores.append(_score(logits, target, output))
     scores = torch.cat(scores)
