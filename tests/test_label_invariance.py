@@ -7,10 +7,10 @@ import torch
 
 from fastai_cnntricks.core import CnnTricksError
 from fastai_cnntricks.data import digits_dls, fashion_mnist_dls, FASHION_MNIST_DIR
-from fastai_cnntricks.invariance import label_invariance_check, InvarianceReport, fold_ids
+from fastai_cnntricks.invariance import label_invariance_check, InvarianceReport, fold_ids, SWAP_MIN
 
 FAST = dict(epochs=10, progress=False)  # references trained for 10 epochs (default 12)
-SWEEP = {'rotate': [0, 15, 30, 180], 'shift': [0, .1, .2], 'darken': [1, .6, .3]}
+SWEEP = {'rotate': [0, 15, 30, 180], 'shift': [0, .1, .2], 'darken': [1, .6, .3], 'vflip': [0, 1]}
 
 
 @pytest.fixture(scope='module')
@@ -55,6 +55,45 @@ def test_per_class_half_turn(rep):
     per = rep.safe_magnitudes(0.02, per_class=True)
     assert isinstance(per, pd.DataFrame) and list(per.index) == [str(i) for i in range(10)]
     assert per.loc['6', 'rotate'] < 180 and per.loc['9', 'rotate'] < 180 and per.loc['0', 'rotate'] == 180, per
+
+
+def test_vertical_flip_swaps_digits_and_changes_the_label(rep):
+    # a small CNN learns flipped digits apart (the label drop stays small), but a flipped 2 reads as a 5 and a
+    # flipped 5 as a 2: the swap makes vflip label-changing, for the swapped classes only
+    assert rep.row('vflip', 1)['label_drop'] < 0.02, rep.table
+    sw = rep.swaps('vflip', 1)
+    assert len(sw) and (sw[['a_to_b', 'b_to_a']] >= SWAP_MIN).all().all(), sw
+    assert rep.safe_magnitudes(0.02)['vflip'] == 0 and '↔' in rep.row('vflip', 1)['label_swaps']
+    per = rep.safe_magnitudes(0.02, per_class=True)['vflip']
+    swapped = set(sw.a) | set(sw.b)
+    assert (per[list(swapped)] == 0).all() and (per.drop(list(swapped)) == 1).any(), per
+    # what stays label-safe has no swap: a shifted or darkened digit is read as a sink class, not both ways
+    assert rep.swaps('shift', .1).empty and rep.swaps('darken', .6).empty and rep.swaps('rotate', 15).empty
+    assert not rep.swaps('rotate', 180).empty  # 6 <-> 9
+
+
+def _with_swap(rep, name, m, share):
+    "The same label report with the clean reference's transition shares at (name, m) replaced by `share` (C, C)."
+    k = rep._index[(name, m)]
+    sw = rep.label['swap'].copy()
+    sw[k] = share
+    return InvarianceReport(rep.sweep, rep.keys, rep.stats, rep.ys, rep.clean_preds, rep.flips, vocab=rep.vocab,
+                            label={**rep.label, 'swap': sw})
+
+
+def test_only_two_way_moves_are_swaps(rep):
+    C = rep.n_classes
+    one_way = np.zeros((C, C)); one_way[:, 1] = .9; np.fill_diagonal(one_way, 0)  # everything reads as a 1
+    r = _with_swap(rep, 'shift', .1, one_way)
+    assert r.swaps('shift', .1).empty and r.safe_magnitudes(0.02)['shift'] == rep.safe_magnitudes(0.02)['shift']
+    two_way = np.zeros((C, C)); two_way[3, 8] = two_way[8, 3] = SWAP_MIN
+    r = _with_swap(rep, 'shift', .1, two_way)
+    assert list(r.swaps('shift', .1)[['a', 'b']].iloc[0]) == ['3', '8'] and r.safe_magnitudes(0.02)['shift'] == 0
+    per = r.safe_magnitudes(0.02, per_class=True)['shift']
+    assert per['3'] == per['8'] == 0 and per['0'] == rep.safe_magnitudes(0.02, per_class=True)['shift']['0']
+    two_way[8, 3] = SWAP_MIN - .01  # one direction short of the threshold: no swap
+    assert _with_swap(rep, 'shift', .1, two_way).swaps('shift', .1).empty
+    with pytest.raises(CnnTricksError, match='min_share'): rep.swaps('shift', .1, min_share=2)
 
 
 def test_on_off_transform_that_changes_labels_gets_neutral():

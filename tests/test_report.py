@@ -192,8 +192,10 @@ def test_invariance_section_of_a_label_report(dls):
     assert set(col.tfm) == {n for n, ms in (('rotate', [0, 10, 180]), ('hflip', [0, 1])) if safe[n] != ms[-1]}
     for r in col.itertuples():
         assert rep.tfms[r.tfm].severity(r.magnitude) > rep.tfms[r.tfm].severity(safe[r.tfm])
-        assert r.collisions == ', '.join(f'{t.true} → {t.pred} ({t.of_class:.0%})' for t in
-                                         rep.transitions(r.tfm, r.magnitude, top=3, axis='label').itertuples())
+        swaps = rep.row(r.tfm, r.magnitude)['label_swaps']
+        assert r.collisions == ', '.join(([f'swaps {swaps}'] if swaps else []) + [
+            f'{t.true} → {t.pred} ({t.of_class:.0%})' for t in
+            rep.transitions(r.tfm, r.magnitude, top=3, axis='label').itertuples()])
     with pytest.raises(CnnTricksError, match='trained_with'): invariance_section(rep, trained_with='label_safe')
     with pytest.raises(CnnTricksError, match='trained_with'): invariance_section(rep, trained_with=('a', [1]))
 

@@ -9,6 +9,14 @@ m, against the clean head on clean class-c images, every image answered out of f
 nothing once the reference may learn the invariance; a label that changes (a 6 turned by 180° is a 9) cannot be
 learnt away, and the extra errors land on the colliding pair (`transitions`: `6 → 9 (…%)`).
 
+A second signal catches the labels a reference *can* learn to keep apart but a reader would not: **swaps**. A vertical
+flip turns a 2 into a shape a reader takes for a 5 and a 5 into a 2; a small CNN still tells a flipped 2 from a real
+5, so the label drop stays near zero. A clean reference (trained without the transform, out of fold) reads the
+flipped images: where it sends at least `SWAP_MIN` of class a's images to b *and* of b's to a, the transform swaps
+the two classes, and both count as label-changing at that magnitude (`swaps`, column `label_swaps`). A model that
+merely never saw a transform sends its images to one or two sink classes (a shifted digit reads as a 1), not both
+ways; bench/label_invariance.py measures both cases.
+
 The report also carries the robustness axis: the existing `invariance_check` columns for a clean model, either the
 given `learn` (over its validation set) or a clean reference of the same kind (out of fold, same items).
 """
@@ -70,7 +78,8 @@ def label_invariance_check(dls,  # fastai DataLoaders (all items of train and va
                            progress=True,  # show a fastprogress bar (one step per transform)
                            keep_flips=32):  # robustness axis: flipped items remembered per key for `show_flips`
     """Per (transform, magnitude) and per class, whether the label survives: references trained with the transform,
-    one head per nested magnitude range, against their clean head, out of fold. Returns an `InvarianceReport` of
+    one head per nested magnitude range, against their clean head, out of fold; and the class pairs the transform
+    swaps, read by a clean reference (trained here even with `learn`). Returns an `InvarianceReport` of
     kind 'label' (`safe_magnitudes`, `transitions` and `summary` use the label measure; robustness columns beside)."""
     check_count('n_items', n_items, allow_none=True)
     check_int('size', size, lo=8, hi=256)
@@ -101,7 +110,7 @@ def label_invariance_check(dls,  # fastai DataLoaders (all items of train and va
     folds = fold_ids(y.numpy(), n_folds, seed)
     yn = y.numpy()
     kw = dict(epochs=epochs, bs=bs, lr=lr, width=width, seed=seed)
-    todo = [(ft, ms) for ft, ms in sweep] + ([None] if learn is None else [])
+    todo = [(ft, ms) for ft, ms in sweep] + [None]  # None: the clean reference (swaps; robustness without `learn`)
     parts, clean_nets = [], []
     for job in (progress_bar(todo, leave=False) if progress else todo):  # fastprogress prints even with display=False
         if job is None:  # the clean reference of the robustness axis: one per fold
@@ -118,17 +127,19 @@ def label_invariance_check(dls,  # fastai DataLoaders (all items of train and va
             clean[~tr.numpy()], aug[~tr.numpy()] = c, a
         parts.append(_label_stats(C, yn, clean, aug))
     label = _merge(parts)
+    model = OutOfFold(clean_nets)
+    dl = model.loader(x, y, folds)
+    with torch.no_grad():
+        keys, stats, ys, preds, flips = run_sweep(model, dl, lambda b: b, sweep, seed=seed, keep_flips=keep_flips,
+                                                  device=torch.device('cpu'))
+    # share of class a's items the clean reference moves to b, per key: the swap signal (see the module docstring)
+    label['swap'] = stats['trans'].reshape(len(keys), C, C) / np.maximum(stats['n_y'], 1)[None, :, None]
     if learn is not None:
         rob = learn.invariance_check([ft for ft, _ in sweep], {ft.name: ms for ft, ms in sweep}, fill_mode=fill_mode,
                                      progress=False, seed=seed, keep_flips=keep_flips)
         keys, stats, ys, preds, flips, redraw = rob.keys, rob.stats, rob.ys, rob.clean_preds, rob.flips, rob.redraw
         robust = f'the given learner ({type(learn.model).__name__}) on its validation set'
     else:
-        model = OutOfFold(clean_nets)
-        dl = model.loader(x, y, folds)
-        with torch.no_grad():
-            keys, stats, ys, preds, flips = run_sweep(model, dl, lambda b: b, sweep, seed=seed, keep_flips=keep_flips,
-                                                      device=torch.device('cpu'))
         redraw = FlipRedraw(dl, keys, seed=seed)
         robust = 'a clean reference of the same kind (out of fold, same items)'
     return InvarianceReport(sweep, keys, stats, ys, preds, flips, vocab=vocab, redraw=redraw, label=label,

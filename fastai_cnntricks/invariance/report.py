@@ -17,9 +17,14 @@ from ..core import CnnTricksError, check_number, check_count, check_bool, check_
 from ..augment import fuse_tfms
 from .catalogue import suggested_tfms
 
-__all__ = ['InvarianceReport', 'AXES']
+__all__ = ['InvarianceReport', 'AXES', 'SWAP_MIN']
 
 AXES = ('robustness', 'label')  # what a report measures: one model's predictions, or whether labels survive
+# A transform swaps classes a and b when a clean reference reads at least this share of a's transformed items as b
+# and of b's as a (label.py's docstring says why). Read off the default sweep on digits and Fashion-MNIST over two
+# seeds (bench/results/label_invariance.md, the swap tables): digits' vertical flip and 135-180° turns lie above it,
+# and no magnitude that the label drop finds safe does, except the flip.
+SWAP_MIN = 0.35
 
 
 def _magnitude_text(m): return f'{m:g}' if isinstance(m, (int, float)) else str(m)
@@ -107,6 +112,34 @@ class InvarianceReport:
                  t.flat[i] / max(total, 1)) for i in order if t.flat[i] > 0]
         return pd.DataFrame(rows, columns=cols)
 
+    def _swap_shares(self, k):
+        "(C, C) min(share of a's items read as b, share of b's read as a) at key `k`: zeros without the swap signal."
+        sw = self.label.get('swap') if self.label is not None else None
+        if sw is None or k is None: return np.zeros((self.n_classes, self.n_classes))
+        m = np.minimum(sw[k], sw[k].T)
+        np.fill_diagonal(m, 0)
+        return m
+
+    def swaps(self, tfm, magnitude, min_share=SWAP_MIN) -> pd.DataFrame:
+        """Label axis: the class pairs the transform swaps at `magnitude`: a clean reference reads at least
+        `min_share` of a's transformed items as b and of b's as a (`a_to_b`, `b_to_a`). Both classes of a swapped pair
+        count as label-changing there (`safe_magnitudes`), whatever the label drop."""
+        name, k = self._key(tfm, magnitude)
+        check_number('min_share', min_share, lo=0, hi=1)
+        self._axis('label')
+        cols = ['a', 'b', 'a_to_b', 'b_to_a']
+        m = self._swap_shares(k)
+        if k is None: return pd.DataFrame(columns=cols)
+        sw = self.label['swap'][k]
+        pairs = sorted(((m[i, j], i, j) for i in range(self.n_classes) for j in range(i + 1, self.n_classes)
+                        if m[i, j] >= min_share and m[i, j] > 0), reverse=True)
+        return pd.DataFrame([(self.vocab[i], self.vocab[j], float(sw[i, j]), float(sw[j, i])) for _, i, j in pairs],
+                            columns=cols)
+
+    def _swapped(self, k):
+        "(C,) bool: the classes in a pair swapped at key `k` (SWAP_MIN)."
+        return (self._swap_shares(k) >= SWAP_MIN).any(1)
+
     def _transition_text(self, tfm, magnitude, top=3, axis='robustness'):
         df = self.transitions(tfm, magnitude, top, axis=axis)
         return ', '.join(f'{r.true} → {r.pred} ({r.of_class:.0%})' for r in df.itertuples())
@@ -118,13 +151,15 @@ class InvarianceReport:
             k0 = next((i for i, (ft, _) in enumerate(self.keys) if ft.name == name), None)
             acc = float(L['base'][k0].sum() / L['n'].sum()) if k0 is not None else float('nan')
             return dict(label_base_acc=acc, label_acc=acc, label_drop=0., label_drop_se=0., label_ref_clean_acc=acc,
-                        label_collisions='')
+                        label_collisions='', label_swaps='')
         n = L['n'].sum()
         drop, se = _drop_se(n, L['base'][k].sum(), L['acc'][k].sum(), L['dd'][k].sum())
         return dict(label_base_acc=float(L['base'][k].sum() / n), label_acc=float(L['acc'][k].sum() / n),
                     label_drop=float(drop), label_drop_se=float(se),
                     label_ref_clean_acc=float(L['ref_clean'][k].sum() / n),
-                    label_collisions=self._transition_text(name, magnitude, axis='label'))
+                    label_collisions=self._transition_text(name, magnitude, axis='label'),
+                    label_swaps=', '.join(f'{r.a} ↔ {r.b} ({r.a_to_b:.0%}/{r.b_to_a:.0%})'
+                                          for r in self.swaps(name, magnitude).itertuples()))
 
     def class_table(self) -> pd.DataFrame:
         """Label axis per (transform, magnitude, class): items, the clean head's accuracy on clean items, the
@@ -174,14 +209,17 @@ class InvarianceReport:
         L, res = self.label, []
         for m in ms:
             _, k = self._key(ft.name, m)
-            res.append(np.zeros(self.n_classes) if k is None else _drop_se(L['n'], L['base'][k], L['acc'][k], L['dd'][k])[0])
+            if k is None: res.append(np.zeros(self.n_classes)); continue
+            d = _drop_se(L['n'], L['base'][k], L['acc'][k], L['dd'][k])[0]
+            res.append(np.where(self._swapped(k), np.inf, d))  # a swapped class changes its label: never safe
         return np.array(res)
 
     def safe_magnitudes(self, max_drop=0.02, interpolate=False, per_class=False, axis=None):
         """Per transform, the largest swept magnitude (going out from the neutral one) up to which the drop stays
         within `max_drop` (a fraction: 0.02 = 2 points); an on/off transform that is not safe gets its neutral
         value. Robustness axis: the model's accuracy drop (-affinity). Label axis: the label drop (reference
-        trained up to the magnitude, on transformed items, against the clean head on clean ones); `per_class`: a
+        trained up to the magnitude, on transformed items, against the clean head on clean ones), and a magnitude
+        that swaps two classes (`swaps`) is unsafe for both (overall: for the transform); `per_class`: a
         class x transform DataFrame. `interpolate`: linearly where the drop crosses `max_drop`. `axis`: None
         (this report's `kind`), 'robustness' or 'label'."""
         check_number('max_drop', max_drop, lo=0, hi=1)
@@ -196,7 +234,8 @@ class InvarianceReport:
             if not per_class:
                 if axis == 'label':
                     L = self.label
-                    d = np.array([0.] + [(L['base'][k].sum() - L['acc'][k].sum()) / L['n'].sum()
+                    d = np.array([0.] + [np.inf if self._swapped(k).any() else
+                                         (L['base'][k].sum() - L['acc'][k].sum()) / L['n'].sum()
                                          for k in [self._key(ft.name, m)[1] for m in ms[1:]]])
                 res[ft.name] = self._safe_along(ft, ms, d, max_drop, interpolate)
             else: res[ft.name] = [self._safe_along(ft, ms, d[:, c], max_drop, interpolate) for c in range(self.n_classes)]
@@ -337,7 +376,7 @@ class InvarianceReport:
             r = dict(tfm=ft.name)
             if lsafe is not None:
                 r.update(label_safe_magnitude=lsafe[ft.name], worst_label_drop=worst['label_drop'],
-                         label_collisions=worst['label_collisions'])
+                         label_collisions=worst['label_collisions'], label_swaps=worst['label_swaps'])
             r.update(safe_magnitude=safe[ft.name], unit=ft.unit, worst_magnitude=ms[-1], worst_drop=-worst['affinity'],
                      worst_flip_rate=worst['flip_rate'], top_transitions=worst['top_transitions'])
             rows.append(r)

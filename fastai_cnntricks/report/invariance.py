@@ -47,10 +47,11 @@ def collision_table(rep: InvarianceReport, max_drop=0.02, top=3):
         past = [m for m in ms if ft.severity(m) > ft.severity(safe[ft.name]) + 1e-12]
         for m in dict.fromkeys([past[0], past[-1]] if past else []):
             r = rep.row(ft.name, m)
+            pairs = [f'{t.true} → {t.pred} ({t.of_class:.0%})' for t in
+                     rep.transitions(ft.name, m, top=top, axis='label').itertuples()]
             rows.append(dict(tfm=ft.name, magnitude=m, unit=ft.unit, label_drop=r['label_drop'],
                              label_drop_se=r['label_drop_se'],
-                             collisions=', '.join(f'{t.true} → {t.pred} ({t.of_class:.0%})' for t in
-                                                  rep.transitions(ft.name, m, top=top, axis='label').itertuples())))
+                             collisions=', '.join(([f"swaps {r['label_swaps']}"] if r['label_swaps'] else []) + pairs)))
     return pd.DataFrame(rows, columns=['tfm', 'magnitude', 'unit', 'label_drop', 'label_drop_se', 'collisions'])
 
 
@@ -62,7 +63,9 @@ def _label_body(rep, max_drop):
             f'images; the <b>label drop</b> is their accuracy on images transformed at a magnitude against the clean '
             f'head on clean images. A label that survives costs nothing once the reference may learn the invariance; '
             f'one that changes (a 6 turned by 180° reads as a 9) cannot be learnt away, and the extra errors land on '
-            f'the colliding pair. Label-safe: label drop within {max_drop:.0%}.</p>',
+            f'the colliding pair. A transform that a clean model reads as turning class a into b <i>and</i> b into a '
+            f'(a vertical flip turns a 2 into a 5 and a 5 into a 2) <b>swaps</b> them: both change their label there, '
+            f'whatever the drop. Label-safe: label drop within {max_drop:.0%} and no swap.</p>',
             f'<p>Beside it, the <b>robustness</b> axis (columns <code>robustness_*</code>): how much the predictions '
             f'of a clean model move, measured on {html.escape(rep.robustness_model or "a clean model")} (clean '
             f'accuracy {rep.clean_acc:.1%} on {rep.n} items, {n_cls} classes). A clean model is not invariant to '
