@@ -23,7 +23,7 @@ AXES = ('robustness', 'label')  # what a report measures: one model's prediction
 # A transform swaps classes a and b when a clean reference reads at least this share of a's transformed items as b
 # and of b's as a (label.py's docstring says why). Read off the default sweep on digits and Fashion-MNIST over two
 # seeds (bench/results/label_invariance.md, the swap tables): digits' vertical flip and 135-180° turns lie above it,
-# and no magnitude that the label drop finds safe does, except the flip.
+# and no magnitude that the label drop finds safe at a 2-point tolerance does, except the flip.
 SWAP_MIN = 0.35
 
 
