@@ -65,7 +65,7 @@ def _merge(parts):
 def label_invariance_check(dls,  # fastai DataLoaders (all items of train and valid are used) or one DataLoader
                            tfms=None,  # as `invariance_check`: catalogue names (default `DEFAULT_SWEEP`), transforms, f(x, m)
                            magnitudes=None,  # as `invariance_check`: None (defaults), a list for all, or a dict name -> list
-                           learn=None,  # a Learner for the robustness axis; None: a clean reference trained here
+                           learn=None,  # a Learner for the robustness axis; None: the clean reference (trained either way, for swaps)
                            n_items=None,  # use only the first `n_items` items
                            size=16,  # px: the references see the images resized to this (transforms apply at it)
                            epochs=12,  # training epochs of each reference
