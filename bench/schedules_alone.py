@@ -32,17 +32,19 @@ from fastai_cnntricks.transfer import GradualUnfreeze, ChainThaw, LPFT, Discrimi
 SCHEDULES = ['GradualUnfreeze', 'ChainThaw', 'LPFT', 'DiscriminativeLR']
 
 
-def run_arm(arm, lr, dls, epochs, seed):
-    "Validation accuracy of one arm; the seed fixes the initial head and the batch order."
+def run_arm(arm, lr, dls, epochs, seed, fit='one_cycle'):
+    """Validation accuracy of one arm; the seed fixes the initial head and the batch order. `fit`: the fastai fit the
+    schedules run under ('one_cycle' or 'flat_cos'); fastai's `fine_tune` and `fine_tune_gradual` keep their own."""
     set_seed(seed)
     dls.train.rng = random.Random(seed)
     learn = new_learner(dls)
+    fit_fn = learn.fit_flat_cos if fit == 'flat_cos' else learn.fit_one_cycle
     if arm == 'fine_tune': learn.fine_tune(epochs - 1, lr, freeze_epochs=1)  # equal epochs: 1 frozen + (epochs-1)
     elif arm == 'fine_tune_gradual': learn.fine_tune_gradual(epochs)
-    elif arm == 'DiscriminativeLR': learn.unfreeze(); learn.fit_one_cycle(epochs, lr, cbs=DiscriminativeLR())
+    elif arm == 'DiscriminativeLR': learn.unfreeze(); fit_fn(epochs, lr, cbs=DiscriminativeLR())
     else:  # a schedule's name, or a call with arguments (an ablation of one default)
         ns = dict(GradualUnfreeze=GradualUnfreeze, ChainThaw=ChainThaw, LPFT=LPFT, NormPolicy=NormPolicy)
-        learn.fit_one_cycle(epochs, lr, cbs=eval(arm if '(' in arm else arm + '()', ns))
+        fit_fn(epochs, lr, cbs=eval(arm if '(' in arm else arm + '()', ns))
     learn.remove_cbs(learn.cbs.filter(lambda c: isinstance(c, ValidateOnceAtEnd)))
     return float(learn.validate()[1])
 
@@ -89,6 +91,7 @@ def main():
     ap.add_argument('--lrs', nargs='*', default=['3e-4', '1e-3', '3e-3'])
     ap.add_argument('--arms', nargs='*', default=SCHEDULES)
     ap.add_argument('--n-valid', type=int, default=500)
+    ap.add_argument('--fit', choices=['one_cycle', 'flat_cos'], default='one_cycle', help='the fit the schedules run under')
     ap.add_argument('--label', default='', help='a note on the code state (e.g. "before: defaults of commit X")')
     ap.add_argument('--out', default=str(Path(__file__).parent / 'results' / 'schedules_alone.md'))
     a = ap.parse_args()
@@ -98,7 +101,7 @@ def main():
     note = (f"{a.label + '. ' if a.label else ''}tf_efficientnet_lite0 (embedded ImageNet weights), 64 px, bs 32, "
             f"{a.epochs} epochs for every arm, {a.seeds} paired seed(s), {a.n_valid} held-out validation images. "
             "`reference` is fastai `fine_tune(epochs-1, lr, freeze_epochs=1)` at the same LR, `ours` the schedule at its "
-            "defaults under `fit_one_cycle(epochs, lr)` (DiscriminativeLR: after `learn.unfreeze()`); accuracies are "
+            f"defaults under `fit_{a.fit}(epochs, lr)` (DiscriminativeLR: after `learn.unfreeze()`); accuracies are "
             "mean ± se over seeds, `ratio` holds the paired difference ours - fine_tune in points (mean ± se), and "
             "`notes` the paired difference to `fine_tune_gradual(epochs)`. lr `auto` is `auto_base_lr(dls)`.")
     for ds in a.datasets:
@@ -110,7 +113,7 @@ def main():
                 for lr in a.lrs:
                     for arm in (['fine_tune'] if lr != 'auto' else []) + a.arms:  # fine_tune keeps the user's LR
                         t = time.time()
-                        acc = run_arm(arm, lr_value(lr, dls), dls, a.epochs, seed)
+                        acc = run_arm(arm, lr_value(lr, dls), dls, a.epochs, seed, fit=a.fit)
                         cell.setdefault((arm, lr), []).append(acc)
                         print(f'{ds} {n} seed {seed} lr {lr} {arm}: {acc:.4f} ({time.time() - t:.0f} s)', flush=True)
                 print(f'{ds} {n} seed {seed} fine_tune_gradual: {cell["fine_tune_gradual", None][-1]:.4f}', flush=True)
