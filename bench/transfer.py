@@ -131,7 +131,7 @@ def accuracy_table(args, log):
                 for m in METHODS:
                     accs, secs = [], []
                     for seed in range(args.seeds):
-                        key = f'{arch}|{args.size}|{args.epochs}|{args.n_valid}|{ds}|{n}|{m}|{seed}'
+                        key = f'{arch}|{args.size}|{args.epochs}|{args.n_valid}|{ds}|{n}|{cache_method(m, ds, n)}|{seed}'
                         if key not in cache:
                             dls = make_dls(ds, n, args.size, seed, args.n_valid, args.device)
                             set_seed(seed)
@@ -201,6 +201,13 @@ def accuracy_lines(args, rows):
             lr = auto_base_lr_for(c[1], c[2])
             lines.append(f'| {short(c[0])} | {px} | {c[1]} | {c[2]} | {lr:.2g} | ' + ' | '.join(cols) + f' | {best:g} |')
     return lines
+
+
+def cache_method(m, ds, n):
+    """A method's name in the cache: fine_tune_gradual and its LR sweep by the base LR they train at, so a run stays
+    attached to its LR when the `auto_base_lr` rule changes (and a sweep point equal to the default is one run)."""
+    k = 1.0 if m == 'fine_tune_gradual' else lr_scale(m)
+    return m if k is None else f'fine_tune_gradual (base_lr {k * auto_base_lr_for(ds, n):.2g})'
 
 
 def auto_base_lr_for(ds, n):
