@@ -128,7 +128,7 @@ def test_drift_monitor_probe_with_wrong_channels(learn):
 
 
 def test_auto_base_lr_rejects_nan(learn):
-    with pytest.raises(CnnTricksError, match='lr'): auto_base_lr(learn.dls, lr=nan)
+    with pytest.raises(CnnTricksError, match='lr'): auto_base_lr(learn.dls, anchors=[(10, nan)])
 
 
 def test_float_images_in_unit_range_are_scaled():

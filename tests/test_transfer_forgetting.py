@@ -7,7 +7,8 @@ from fastai.vision.all import Learner, CrossEntropyLossFlat, accuracy, set_seed
 
 from fastai_cnntricks.core import CnnTricksError
 from fastai_cnntricks.transfer import (timm_splitter, L2SP, DriftMonitor, linear_cka, body_features, timm_learner,
-                                       GradualUnfreeze, NormPolicy, auto_base_lr)
+                                       GradualUnfreeze, NormPolicy, auto_base_lr,
+                                       AUTO_LR_ANCHORS)
 from test_transfer_schedules import small_digits, make_learner, fit
 
 
@@ -96,13 +97,31 @@ def test_fine_tune_gradual_runs_and_ends_all_trainable():
     assert tr[0, :-1].max() < 1 and tr[0, -1] == 1 and (tr[-1] == 1).all()
     assert lrs[-1, 0] < lrs[-1, -1]  # discriminative: the stem's LR below the head's
     with pytest.raises(CnnTricksError, match='epochs'): learn.fine_tune_gradual(0)
-    auto = auto_base_lr(dls)  # 4 images per class: 6e-4 * (4 / 100) ** 1.5
-    assert auto == pytest.approx(6e-4 * 0.008) and auto * 0.5 < lrs[:, -1].max() <= auto * 1.0001
+    auto = auto_base_lr(dls)  # 4 images per class: below the first anchor, along the first segment's slope
+    assert auto == pytest.approx(1.9e-5 * 0.4 ** 1.5, rel=0.01) and auto * 0.5 < lrs[:, -1].max() <= auto * 1.0001
 
 
 def test_auto_base_lr_scales_with_images_per_class():
     from types import SimpleNamespace
     dls = lambda n, c: SimpleNamespace(train_ds=range(n), c=c)
-    assert auto_base_lr(dls(5000, 10)) == auto_base_lr(dls(1000, 10)) == 6e-4
-    assert auto_base_lr(dls(100, 10)) == pytest.approx(6e-4 * 0.1 ** 1.5)
-    assert auto_base_lr(dls(250, 10), lr=1e-3, full_at=25) == 1e-3
+    (n0, lr0), (n1, lr1), (n2, lr2), (n3, lr3) = AUTO_LR_ANCHORS
+    assert auto_base_lr(dls(60000, 10)) == auto_base_lr(dls(10 * n3, 10)) == lr3  # the last anchor's LR above it
+    for n, lr in AUTO_LR_ANCHORS: assert auto_base_lr(dls(10 * n, 10)) == pytest.approx(lr)
+    slope = np.log(lr2 / lr1) / np.log(n2 / n1)  # log-log: a power law between neighbouring anchors
+    assert auto_base_lr(dls(540, 10)) == pytest.approx(lr1 * (54 / n1) ** slope)
+    ks = np.arange(1, 2000)
+    lrs = np.array([auto_base_lr(dls(10 * k, 10)) for k in ks])
+    steepest = max(abs(np.log(b[1] / a[1]) / np.log(b[0] / a[0])) for a, b in zip(AUTO_LR_ANCHORS, AUTO_LR_ANCHORS[1:]))
+    assert (np.abs(np.diff(np.log(lrs))) <= steepest * np.diff(np.log(ks)) + 1e-9).all()  # continuous: no jumps
+    assert lrs.argmax() == n2 - 1  # rises to 100 per class, then falls
+    assert auto_base_lr(dls(250, 10), anchors=[(25, 1e-3)]) == 1e-3
+    assert auto_base_lr(dls(50, 10), anchors=[(10, 1e-4), (20, 4e-4)]) == pytest.approx(1e-4 / 4)
+
+
+@pytest.mark.parametrize('anchors', [(), [(10, 1e-3), (10, 2e-3)], [(20, 1e-3), (10, 2e-3)], [(10, -1e-3)],
+                                     [(0, 1e-3)], [(10, float('nan'))], [(True, 1e-3)], [10, 1e-3], 'x', [(10, 1e-3, 1)]])
+def test_auto_base_lr_rejects_bad_anchors(anchors):
+    from types import SimpleNamespace
+    with pytest.raises(CnnTricksError, match='anchors'): auto_base_lr(SimpleNamespace(train_ds=range(50), c=10), anchors=anchors)
+
+

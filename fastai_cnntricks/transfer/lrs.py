@@ -10,20 +10,44 @@ from fastai.learner import Learner
 from ..core import CnnTricksError, check_bool, check_number, check_positive
 
 __all__ = ['layer_decay_lrs', 'LRScaler', 'DiscriminativeLR', 'ScheduleRecorder', 'ScheduleLog', 'auto_base_lr',
-           'LR_WARN_FACTOR', 'warn_if_lr_high', 'peak_lr']
+           'AUTO_LR_ANCHORS', 'LR_WARN_FACTOR', 'warn_if_lr_high', 'peak_lr']
 
 LR_WARN_FACTOR = 10  # a peak LR this many times auto_base_lr (e.g. lr_find's valley) ends near chance on few-shot data
 
 
-def auto_base_lr(dls, lr: float = 6e-4, full_at: int = 100) -> float:
-    """`lr` when the training set has at least `full_at` images per class, else `lr * (per_class / full_at) ** 1.5`.
-    Chosen on tf_efficientnet_lite0 from seed-paired runs at 10, 30 and 100 images per class (bench/transfer_variants.py;
-    figures in bench/RESULTS.md). With few images fine-tuning mostly moves the body away from features its probe head
-    already separates, so the LR falls faster than the data."""
-    check_positive('lr', lr); check_positive('full_at', full_at)
+# (images per class, base LR) where fine_tune_gradual's head LR was best or level with the best in seed-paired sweeps on
+# digits and Fashion-MNIST (bench/RESULTS.md, "auto_base_lr"): few images want an LR that barely moves the body off the
+# features its probe head separates; 100 per class wants fastai's own range, a factor 3 below where runs diverged; with
+# ten times the steps (1,000 per class) an LR 3x that one diverged, so the rule falls back to the LR measured good there.
+AUTO_LR_ANCHORS = ((10, 1.9e-5), (30, 9.9e-5), (100, 2e-3), (1000, 6e-4))
+
+
+def _check_anchors(anchors):
+    pairs = list(anchors) if isinstance(anchors, (list, tuple)) else None
+    if not pairs or not all(isinstance(a, (list, tuple)) and len(a) == 2 for a in pairs):
+        raise CnnTricksError(f"anchors must be a non-empty sequence of (images per class, lr) pairs; got {anchors!r}")
+    for i, (n, lr) in enumerate(pairs):
+        check_positive(f'anchors[{i}] images per class', n); check_positive(f'anchors[{i}] lr', lr)
+    if any(b[0] <= a[0] for a, b in zip(pairs, pairs[1:])):
+        raise CnnTricksError(f"anchors must rise in images per class; got {[a[0] for a in pairs]}")
+    return np.log([[float(n), float(lr)] for n, lr in pairs])
+
+
+def auto_base_lr(dls, anchors=AUTO_LR_ANCHORS) -> float:
+    """The head's base LR for `dls`' images per class: log-log interpolation between `anchors` ((images per class,
+    LR) pairs, rising in images per class), the last anchor's LR above it and the first segment's slope below the
+    first. The default anchors were measured on tf_efficientnet_lite0/1/2 (bench/RESULTS.md): the LR rises with the
+    data, slowly up to 30 per class and steeply to 100, then falls as the steps grow."""
+    logs = _check_anchors(anchors)
     n, c = len(dls.train_ds), getattr(dls, 'c', None)
-    if not c or not n: return lr
-    return lr * min(1., n / c / full_at) ** 1.5
+    top = float(anchors[-1][1])
+    if not c or not n: return top
+    x = np.log(n / c)
+    if x >= logs[-1, 0]: return top
+    if len(logs) > 1 and x < logs[0, 0]:  # extrapolate down along the first segment
+        slope = (logs[1, 1] - logs[0, 1]) / (logs[1, 0] - logs[0, 0])
+        return float(np.exp(logs[0, 1] + slope * (x - logs[0, 0])))
+    return float(np.exp(np.interp(x, logs[:, 0], logs[:, 1])))
 
 
 def warn_if_lr_high(lr: float, dls, name: str = 'base_lr', stacklevel: int = 3) -> bool:
