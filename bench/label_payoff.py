@@ -1,12 +1,15 @@
 """The payoff of label-safe augmentation: few-shot accuracy of `fine_tune_gradual` under each augmentation policy,
 paired seeds (the same training images per seed for every arm), embedded tf_efficientnet_lite0 at 64 px.
 
-Arms: no augmentation; fastai `aug_transforms()`; the unbounded `trivial_augment()`; today's suggestion (the
-robustness check `quick_invariance_check` of a clean resnet10t reference, as the demo does); the label-safe
-suggestion `label_invariance_check(...).suggest_tfms()`; `bounded_trivial_augment(safe)`; class-conditional
-augmentation on top of the better of those two; and label-safe TTA (`learn.label_safe_tta`) on the fitted models of the
-last three (evaluation only, no refit). The label check runs once per dataset on a labelled pool disjoint from the
-validation set; its cost is reported. `--recipes` compares variants of the recipe (the exploration).
+Arms: no augmentation; fastai `aug_transforms()`; the unbounded `trivial_augment()`; the former suggestion (the
+robustness check `quick_invariance_check` of a clean resnet10t reference, as the demo once did); the label suggestion
+at the label-safe magnitudes themselves (`suggest_tfms(max_drop, min_retained=0)`); `bounded_trivial_augment(safe)`;
+class-conditional augmentation on top of the better of those two; the same two within `train_magnitudes(max_drop)`,
+the "(soft)" arms (the clean model's robustness as a soft preference, as `suggest_tfms(max_drop)` returns it); and
+label-safe TTA (`learn.label_safe_tta`) on the fitted models of the label-safe arms and of no augmentation (TTA
+alone), evaluation only, no refit ("(soft)" arms: TTA within `train_magnitudes` too). The label check runs once per
+dataset on a labelled pool disjoint from the validation set; its cost is reported. `--recipes` compares variants of
+the recipe (the exploration).
 
     flock /tmp/bench.lock .venv/bin/python bench/label_payoff.py                 # the full run
     flock /tmp/bench.lock .venv/bin/python bench/label_payoff.py --quick         # 1 seed, 10/class, 3 arms
@@ -27,13 +30,19 @@ from fastai_cnntricks.all import *  # noqa: E402,F403
 from fastai_cnntricks.data import digits_arrays, fashion_mnist_arrays, few_shot_idxs, array_dls, FASHION_CLASSES  # noqa: E402
 from fastai_cnntricks.invariance import label_invariance_check, quick_invariance_check  # noqa: E402
 from fastai_cnntricks.reference import reference_learner  # noqa: E402
+from fastai_cnntricks.invariance.catalogue import suggested_tfms, fixed_catalogue  # noqa: E402
 from fastai_cnntricks.augment import fuse_tfms, bounded_trivial_augment, trivial_augment, class_conditional_tfms  # noqa: E402
 from machine import machine  # noqa: E402
 
 ARCH, SIZE, MAX_DROP = 'tf_efficientnet_lite0', 64, 0.02
 OUT = Path(__file__).resolve().parent / 'results'
-FIT_ARMS = ['none', 'aug_transforms', 'trivial', 'old suggest', 'label suggest', 'bounded trivial', 'class-conditional']
-TTA_ARMS = ['label suggest', 'bounded trivial', 'class-conditional']
+FIT_ARMS = ['none', 'aug_transforms', 'trivial', 'old suggest', 'label suggest', 'bounded trivial', 'class-conditional',
+            'label suggest (soft)', 'bounded trivial (soft)', 'bounded trivial (soft+)']
+# (soft): within `train_magnitudes(max_drop)` (the clean model's robustness as a soft preference, min_retained=0.5),
+# as `suggest_tfms(max_drop)` returns it; the plain arms train up to the label-safe magnitudes themselves. (soft+):
+# (soft) less every transform the clean model keeps under half of at its train magnitude, flips included.
+TTA_ARMS = ['none', 'label suggest', 'bounded trivial', 'class-conditional', 'label suggest (soft)',
+            'bounded trivial (soft)', 'bounded trivial (soft+)']  # 'none': TTA alone, on the unaugmented fit
 TTA_POLICIES = {'suggest': ' + TTA', 'trivial': ' + TTA trivial'}  # label_safe_tta(policy=...): the arm's name suffix
 ARMS = FIT_ARMS + [f'{a}{sfx}' for sfx in TTA_POLICIES.values() for a in TTA_ARMS]
 NO_AUG_SAME = ('probe_copies', 'aug_from', 'max_drop')  # recipe options that leave an unaugmented fit as it is: 'none' runs once
@@ -114,6 +123,13 @@ def class_table_on_top(table, safe):
     return out[keep]
 
 
+def soft_plus(train, retained, min_retained=0.5):
+    "`train` less the transforms the clean model keeps under `min_retained` of at their train magnitude (flips too)."
+    cat = fixed_catalogue()
+    return {k: v if v == cat[k].neutral or retained[k][f'{v:g}'] >= min_retained else cat[k].neutral
+            for k, v in train.items()}
+
+
 def arm_tfms(arm, ctx):
     "The batch transforms of a fitted arm."
     if arm == 'none': return []
@@ -122,6 +138,9 @@ def arm_tfms(arm, ctx):
     if arm == 'old suggest': return fuse_tfms(ctx['old'][1]) if ctx['old'][1] else []
     if arm == 'label suggest': return fuse_tfms(ctx['suggest'])
     if arm == 'bounded trivial': return bounded_trivial_augment(ctx['safe'])
+    if arm == 'label suggest (soft)': return fuse_tfms(suggested_tfms(ctx['train'], fixed_catalogue()))
+    if arm == 'bounded trivial (soft)': return bounded_trivial_augment(ctx['train'])
+    if arm == 'bounded trivial (soft+)': return bounded_trivial_augment(ctx['train+'])
     if arm == 'class-conditional':
         base = arm_tfms(ctx['cc_base'], ctx)
         extra = class_table_on_top(ctx['table'], ctx['safe'])
@@ -205,18 +224,20 @@ def main():
     for ds in args.datasets:
         data = split(ds, args.n_valid, args.pool_per_class)
         key = f'{ds}:{args.pool_per_class}:{len(data[1])}'
-        if key not in cache:
+        if key not in cache or 'train0.005' not in cache[key]:  # train{d}: train_magnitudes(d), added later
             pdl = label_pool_dls(data, ds, args.pool_per_class)
             s = time.time()
             rep = label_invariance_check(pdl, progress=False)
             cache[key] = dict(sec=time.time() - s, n=rep.n,
                               **{f'safe{d:g}': rep.safe_magnitudes(d) for d in (0.005, 0.01, 0.02)},
+                              **{f'train{d:g}': rep.train_magnitudes(d) for d in (0.005, 0.01, 0.02)},
+                              retained={ft.name: {f'{m:g}': rep.retained(ft.name, m) for m in ms} for ft, ms in rep.sweep},
                               **{f'table{d:g}': rep.safe_magnitudes(d, per_class=True).to_json() for d in (0.005, 0.01, 0.02)})
             Path(args.cache).write_text(json.dumps(cache))
         import pandas as pd, io
         c = dict(cache[key])
-        c['safe'], c['max_drop'] = c[f'safe{args.max_drop:g}'], args.max_drop
-        from fastai_cnntricks.invariance.catalogue import suggested_tfms, fixed_catalogue
+        c['safe'], c['train'], c['max_drop'] = c[f'safe{args.max_drop:g}'], c[f'train{args.max_drop:g}'], args.max_drop
+        c['train+'] = soft_plus(c['train'], c['retained'])
         vocab = data[4] if data[4] is not None else [str(i) for i in range(10)]
         tables = {}
         for d in (0.005, 0.01, 0.02):
@@ -224,7 +245,7 @@ def main():
             t.index = [str(i) for i in t.index]
             tables[d] = t.loc[vocab]
         checks[ds] = c
-        log(f"{ds}: label check on {c['n']} pool images in {c['sec']:.0f} s; safe {c['safe']}")
+        log(f"{ds}: label check on {c['n']} pool images in {c['sec']:.0f} s; safe {c['safe']}; train {c['train']}")
         prep[ds] = (data, c, tables, vocab)
     max_seeds = max(args.seeds if n < 100 else min(args.seeds, args.seeds_100) for n in args.budgets)
     for seed in range(max_seeds):  # seeds outermost: a run stopped early keeps every cell at fewer seeds
@@ -234,7 +255,9 @@ def main():
                 if seed >= (args.seeds if n < 100 else min(args.seeds, args.seeds_100)): continue
                 for recipe_name in args.recipes:
                     md = RECIPES[recipe_name].get('max_drop', args.max_drop)
-                    ctx = dict(safe=c[f'safe{md:g}'], table=tables[md], vocab=vocab, cc_p=args.cc_p,
+                    train = c[f'train{md:g}']
+                    ctx = dict(safe=c[f'safe{md:g}'], train=train, **{'train+': soft_plus(train, c['retained'])},
+                               table=tables[md], vocab=vocab, cc_p=args.cc_p,
                                suggest=suggested_tfms(c[f'safe{md:g}'], fixed_catalogue()))
                     if 'old suggest' in args.arms:
                         ctx['old'] = old_suggestion(data, n, seed)
@@ -258,7 +281,8 @@ def main():
                         recipe = dict(RECIPES[recipe_name])
                         if args.aug_recipe and arm != 'none': recipe = dict(RECIPES[args.aug_recipe])
                         tfms = arm_tfms(arm, ctx)
-                        acc, tta, sec = fit_eval(data, n, seed, tfms, recipe, tta_safe=ctx['safe'] if wants_tta(arm) else None,
+                        limits = ctx['train+' if arm.endswith('(soft+)') else 'train' if arm.endswith('(soft)') else 'safe']
+                        acc, tta, sec = fit_eval(data, n, seed, tfms, recipe, tta_safe=limits if wants_tta(arm) else None,
                                                  tta_n=args.tta_n, tta_policies=wants_tta(arm))
                         res[(ds, n, recipe_name, arm, seed)] = acc
                         res[(ds, n, recipe_name, 'sec:' + arm, seed)] = sec
@@ -282,7 +306,9 @@ def write(out, args, cmd, date, t0, res, checks, olds, cc_bases):
     for ds, c in checks.items():
         lines.append(f"- label check ({ds}): `label_invariance_check` on {c['n']} pool images (disjoint from "
                      f"validation), {c['sec']:.0f} s; safe magnitudes (`safe_magnitudes({c['max_drop']:g})`): "
-                     + ', '.join(f'{k} {v:g}' for k, v in c['safe'].items()))
+                     + ', '.join(f'{k} {v:g}' for k, v in c['safe'].items())
+                     + '; (soft) arms within `train_magnitudes`: ' + ', '.join(f'{k} {v:g}' for k, v in c['train'].items())
+                     + '; (soft+): ' + ', '.join(f'{k} {v:g}' for k, v in c['train+'].items()))
     lines.append('')
     for ds, n, rname in keys:
         arms = [a for a in ARMS if (ds, n, rname, a, 0) in res]
